@@ -1,0 +1,1 @@
+"""DialSum Pipeline: dialogue summarization training library (never imports celery)."""
