@@ -1,0 +1,364 @@
+"""Competition CSV loading and validation, tokenization, and the prepared-dataset cache.
+
+The competition format is a CSV with ``fname,dialogue,summary,topic``; test files have no
+``summary``; multi-reference files carry ``summary1..summaryN`` instead. Every problem with a file
+is reported with the file, the row and the column, because a user staring at a 12,000-row CSV
+needs to know where to look.
+
+Prepared (tokenized) splits are cached under ``<root>/datasets/<fingerprint>/``: the fingerprint
+covers the input files' bytes, the preprocessing settings and the tokenizer, so a second
+``prepare_data`` with the same inputs loads from disk instead of tokenizing again.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.artifacts import content_hash, datasets_dir, file_sha256
+
+logger = logging.getLogger(__name__)
+
+# Bump when the layout of prepared datasets changes, so old caches are not reused.
+PREPARE_VERSION = 1
+PREPARE_META_FILE = "prepare_meta.json"
+_MULTI_REF_RE = re.compile(r"^summary(\d+)$")
+
+
+class DataError(ValueError):
+    """A data file that cannot be used; the message names the file, row and column."""
+
+
+@dataclass
+class DialogueTable:
+    """The rows of one competition CSV, column by column.
+
+    Attributes:
+        path: The file the rows came from.
+        fnames: The ``fname`` of each row (unique).
+        dialogues: The dialogue text, turns separated by newlines.
+        references: One list of reference summaries per row, or None for an unlabeled (test) file.
+        topics: The topic of each row ("" where the file has none).
+    """
+
+    path: Path
+    fnames: list[str]
+    dialogues: list[str]
+    references: list[list[str]] | None
+    topics: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.fnames)
+
+
+@dataclass
+class Columns:
+    """Column names of the competition CSV (the ``data`` section of the config)."""
+
+    id: str = "fname"
+    dialogue: str = "dialogue"
+    summary: str = "summary"
+    topic: str = "topic"
+
+    @classmethod
+    def from_config(cls, data_config: dict[str, Any]) -> Columns:
+        return cls(
+            id=data_config.get("id_column", "fname"),
+            dialogue=data_config.get("dialogue_column", "dialogue"),
+            summary=data_config.get("summary_column", "summary"),
+            topic=data_config.get("topic_column", "topic"),
+        )
+
+
+def _decode(path: Path) -> str:
+    """Read ``path`` as UTF-8 (a BOM is allowed), naming the line of the first bad byte."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}: line {line} (byte {error.start}) is not valid UTF-8; re-save the file as UTF-8 "
+            f"(Korean files saved by Excel are often CP949: iconv -f cp949 -t utf-8 {path.name} > fixed.csv)"
+        ) from None
+
+
+def _reference_columns(header: list[str], columns: Columns) -> list[str]:
+    """The reference column(s): ``summary``, or ``summary1..summaryN`` in numeric order."""
+    if columns.summary in header:
+        return [columns.summary]
+    numbered = [(int(m.group(1)), name) for name in header if (m := _MULTI_REF_RE.match(name))]
+    return [name for _, name in sorted(numbered)]
+
+
+def read_competition_csv(path: str | Path, columns: Columns | None = None, require_summary: bool = False) -> DialogueTable:
+    """Load and validate one competition CSV.
+
+    Args:
+        path: The CSV file.
+        columns: Column names; the competition's defaults when None.
+        require_summary: True for training and validation files: a missing summary column or an
+            empty summary is then an error. Test files may have no summary column.
+
+    Returns:
+        The validated rows. With several reference columns (``summary1..summaryN``) each row keeps
+        all its non-empty references; training uses the first.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        DataError: The file is empty, not UTF-8, lacks a column, or has an empty dialogue, an empty
+            summary, a duplicate fname or a malformed row; the message names file, row and column.
+    """
+    columns = columns or Columns()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path} (check data.*_path in the config, or pass the path)")
+    text = _decode(path)
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty; expected a header line '{columns.id},{columns.dialogue},...'")
+
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = [name.strip() for name in next(reader)]
+    reference_columns = _reference_columns(header, columns)
+    missing = [name for name in (columns.id, columns.dialogue) if name not in header]
+    if require_summary and not reference_columns:
+        missing.append(columns.summary)
+    if missing:
+        raise DataError(
+            f"{path}: missing column(s) {', '.join(repr(m) for m in missing)}; the header has {header}. "
+            f"Rename the column or set data.*_column in the config"
+        )
+
+    index = {name: position for position, name in enumerate(header)}
+    table = DialogueTable(path=path, fnames=[], dialogues=[], references=[] if reference_columns else None)
+    first_row_of: dict[str, int] = {}
+    for row_number, row in enumerate(reader, start=1):
+        if not any(cell.strip() for cell in row):
+            continue  # blank lines at the end of hand-edited files
+        if len(row) != len(header):
+            raise DataError(
+                f"{path}, row {row_number}: {len(row)} fields but the header has {len(header)}; "
+                f"a dialogue with commas or newlines must be quoted"
+            )
+        fname = row[index[columns.id]].strip()
+        dialogue = row[index[columns.dialogue]].strip()
+        if not fname:
+            raise DataError(f"{path}, row {row_number}, column '{columns.id}': empty id; every row needs a fname")
+        if fname in first_row_of:
+            raise DataError(
+                f"{path}, row {row_number}, column '{columns.id}': duplicate fname {fname!r} "
+                f"(first at row {first_row_of[fname]}); fnames must be unique"
+            )
+        first_row_of[fname] = row_number
+        if not dialogue:
+            raise DataError(
+                f"{path}, row {row_number} (fname {fname!r}), column '{columns.dialogue}': empty dialogue; "
+                f"fill it or delete the row"
+            )
+        table.fnames.append(fname)
+        table.dialogues.append(dialogue)
+        table.topics.append(row[index[columns.topic]].strip() if columns.topic in index else "")
+        if reference_columns:
+            references = [row[index[name]].strip() for name in reference_columns if row[index[name]].strip()]
+            if not references and require_summary:
+                raise DataError(
+                    f"{path}, row {row_number} (fname {fname!r}), column '{reference_columns[0]}': empty summary; "
+                    f"fill it or delete the row"
+                )
+            table.references.append(references)
+    if not table.fnames:
+        raise DataError(f"{path}: the file has a header but no rows")
+    return table
+
+
+def first_n(table: DialogueTable, limit: int | None) -> DialogueTable:
+    """The first ``limit`` rows of ``table`` (all of them when ``limit`` is None)."""
+    if limit is None or limit >= len(table):
+        return table
+    return DialogueTable(
+        path=table.path,
+        fnames=table.fnames[:limit],
+        dialogues=table.dialogues[:limit],
+        references=None if table.references is None else table.references[:limit],
+        topics=table.topics[:limit],
+    )
+
+
+def _truncate(ids: list[int], max_len: int, keep_last: bool) -> list[int]:
+    """Cut ``ids`` to ``max_len``, keeping a trailing special token (``</s>``) when there is one."""
+    if len(ids) <= max_len:
+        return ids
+    return ids[: max_len - 1] + ids[-1:] if keep_last else ids[:max_len]
+
+
+def _ends_with_special(tokenizer: Any) -> bool:
+    """Whether the tokenizer appends a special token (BART, T5: ``</s>``) that truncation must keep."""
+    probe = tokenizer("a")["input_ids"]
+    return bool(probe) and probe[-1] in set(tokenizer.all_special_ids)
+
+
+def tokenize_table(
+    table: DialogueTable, tokenizer: Any, prefix: str, encoder_max_len: int, decoder_max_len: int
+) -> tuple[dict[str, list], dict[str, int]]:
+    """Tokenize a table into model inputs, labels and the text columns used for decoding and ROUGE.
+
+    The dialogue keeps its turn structure (newline-separated ``#PersonN#:`` turns); the model's
+    prefix (``summarize: `` for T5) is prepended. Labels are left unpadded: the collator pads
+    them with -100 so padding never counts in the loss.
+
+    Returns:
+        ``(columns, stats)``: the dataset columns and counts of truncated dialogues and summaries.
+    """
+    keep_last = _ends_with_special(tokenizer)
+    encoded = tokenizer([prefix + dialogue for dialogue in table.dialogues])["input_ids"]
+    truncated_inputs = sum(len(ids) > encoder_max_len for ids in encoded)
+    input_ids = [_truncate(ids, encoder_max_len, keep_last) for ids in encoded]
+    columns: dict[str, list] = {
+        "fname": list(table.fnames),
+        "input": list(table.dialogues),
+        "input_ids": input_ids,
+        "attention_mask": [[1] * len(ids) for ids in input_ids],
+        "length": [len(ids) for ids in input_ids],
+    }
+    stats = {"rows": len(table), "truncated_dialogues": truncated_inputs, "truncated_summaries": 0}
+    if table.references is not None:
+        labels = tokenizer(text_target=[references[0] for references in table.references])["input_ids"]
+        stats["truncated_summaries"] = sum(len(ids) > decoder_max_len for ids in labels)
+        columns["labels"] = [_truncate(ids, decoder_max_len, keep_last) for ids in labels]
+        columns["references"] = [list(references) for references in table.references]
+    return columns, stats
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A hash of everything that decides how the tokenizer splits text (vocab, merges, added tokens)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    serialized = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    return content_hash([type(tokenizer).__name__, serialized, tokenizer.all_special_tokens])
+
+
+def dataset_fingerprint(split_files: dict[str, Path], preprocessing: dict[str, Any], tokenizer_hash: str) -> str:
+    """The cache key of a prepared dataset: input bytes + preprocessing settings + tokenizer."""
+    files = {split: file_sha256(path) for split, path in sorted(split_files.items())}
+    return content_hash(
+        {"version": PREPARE_VERSION, "files": files, "preprocessing": preprocessing, "tokenizer": tokenizer_hash}
+    )
+
+
+@dataclass
+class PreparedData:
+    """Result of :func:`prepare_datasets`.
+
+    Attributes:
+        datasets: The tokenized ``DatasetDict`` (splits ``train``, ``validation``, ``test`` as given).
+        directory: Where it is cached: ``<root>/datasets/<fingerprint>``.
+        fingerprint: The cache key.
+        cache_hit: True when it was loaded from disk instead of tokenized.
+        stats: Per split: rows, truncated dialogues and summaries.
+    """
+
+    datasets: Any
+    directory: Path
+    fingerprint: str
+    cache_hit: bool
+    stats: dict[str, dict[str, int]]
+
+
+def prepare_datasets(
+    split_files: dict[str, str | Path],
+    tokenizer: Any,
+    *,
+    artifact_root: str | Path,
+    prefix: str,
+    encoder_max_len: int,
+    decoder_max_len: int,
+    columns: Columns | None = None,
+    max_samples: dict[str, int | None] | None = None,
+) -> PreparedData:
+    """Load, validate, tokenize and cache the given splits (or load them from the cache).
+
+    Args:
+        split_files: ``{"train": path, "validation": path, "test": path}``; any subset.
+        tokenizer: The model's tokenizer.
+        artifact_root: The artifact root; the cache lives in its ``datasets/`` directory.
+        prefix: Text prepended to every dialogue (``summarize: `` for T5, "" for BART).
+        encoder_max_len: Dialogues longer than this many tokens are truncated.
+        decoder_max_len: Summaries longer than this many tokens are truncated.
+        columns: CSV column names.
+        max_samples: Optional per-split row limits (the first N rows are kept).
+
+    Returns:
+        The prepared data, its cache directory and truncation statistics.
+    """
+    from datasets import Dataset, DatasetDict, load_from_disk  # heavy import, only when preparing
+
+    columns = columns or Columns()
+    max_samples = max_samples or {}
+    paths = {split: Path(path) for split, path in split_files.items() if path is not None}
+    for split, path in paths.items():
+        if not path.is_file():
+            raise FileNotFoundError(f"{split} data file not found: {path} (check data.*_path in the config)")
+    preprocessing = {
+        "prefix": prefix,
+        "encoder_max_len": encoder_max_len,
+        "decoder_max_len": decoder_max_len,
+        "columns": columns.__dict__,
+        "max_samples": {split: max_samples.get(split) for split in paths},
+    }
+    fingerprint = dataset_fingerprint(paths, preprocessing, tokenizer_fingerprint(tokenizer))
+    directory = datasets_dir(artifact_root) / fingerprint
+    meta_path = directory / PREPARE_META_FILE
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        logger.info("prepared dataset cache hit: %s", directory)
+        return PreparedData(load_from_disk(str(directory)), directory, fingerprint, True, meta["stats"])
+
+    splits, stats = {}, {}
+    for split, path in paths.items():
+        table = first_n(read_competition_csv(path, columns, require_summary=split != "test"), max_samples.get(split))
+        split_columns, stats[split] = tokenize_table(table, tokenizer, prefix, encoder_max_len, decoder_max_len)
+        dataset = Dataset.from_dict(split_columns)
+        if split == "validation":
+            # Longest first: evaluation batches are then dense (little padding) and an
+            # out-of-memory shows up in the first batch rather than at the end of an epoch.
+            dataset = dataset.sort("length", reverse=True)
+        splits[split] = dataset
+        if stats[split]["truncated_dialogues"] or stats[split]["truncated_summaries"]:
+            logger.warning(
+                "%s: truncated %d of %d dialogues to %d tokens and %d summaries to %d tokens",
+                path, stats[split]["truncated_dialogues"], stats[split]["rows"], encoder_max_len,
+                stats[split]["truncated_summaries"], decoder_max_len,
+            )  # fmt: skip
+    dataset_dict = DatasetDict(splits)
+    _save_once(dataset_dict, directory, {"fingerprint": fingerprint, "files": {s: str(p) for s, p in paths.items()},
+                                         "preprocessing": preprocessing, "stats": stats, "created": time.time()})
+    return PreparedData(load_from_disk(str(directory)), directory, fingerprint, False, stats)
+
+
+def _save_once(dataset_dict: Any, directory: Path, meta: dict[str, Any]) -> None:
+    """Write the prepared dataset under a temporary name and rename it into place.
+
+    Two workers preparing the same fingerprint at once both build it; the first rename wins and
+    the second copy is discarded, so readers never see a partial directory.
+    """
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        dataset_dict.save_to_disk(str(tmp))
+        (tmp / PREPARE_META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+        try:
+            os.rename(tmp, directory)
+        except OSError:
+            if not (directory / PREPARE_META_FILE).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

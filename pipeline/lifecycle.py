@@ -1,0 +1,182 @@
+"""The four stages of a run as plain functions over a manifest: prepare_data -> train -> evaluate -> generate_predictions.
+
+``dialsum run`` calls them one after another in this process; the Celery tasks in ``tasks/``
+call the very same functions on workers. Each stage takes the manifest (a small JSON dict: run
+id, resolved config, paths, fingerprints, metrics, timings, worker names), reads only what it
+names, writes only under the run directory, and returns it extended. Nothing but paths crosses
+between stages, so a stage can run on another machine that mounts the same artifact root.
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.artifacts import atomic_write_json, run_dir, run_id_for
+
+STAGES = ("prepare_data", "train", "evaluate", "generate_predictions")
+MANIFEST_FILE = "manifest.json"
+
+
+def new_manifest(config: dict[str, Any], experiment_name: str | None = None) -> dict[str, Any]:
+    """The manifest a run starts with: its id, run directory and resolved config.
+
+    The run directory is fixed here (``general.output_dir`` or ``<root>/runs/<experiment>/<run_id>``)
+    and written into the config, so that every stage, wherever it runs, writes to the same place.
+    """
+    config = copy.deepcopy(config)
+    experiment = experiment_name or config["experiment"]["name"]
+    run_id = run_id_for(config)
+    directory = Path(config["general"]["output_dir"] or run_dir(config["general"]["artifact_root"], experiment, run_id))
+    config["general"]["output_dir"] = str(directory)
+    return {
+        "run_id": run_id,
+        "experiment": experiment,
+        "run_dir": str(directory),
+        "config": config,
+        "status": "pending",
+        "stages": {},
+    }
+
+
+def worker_name() -> str:
+    """Who ran a stage: the Celery node name when a task set it, else ``host`` (in process)."""
+    return _current_worker or f"local@{socket.gethostname()}"
+
+
+_current_worker: str | None = None
+
+
+def set_worker_name(name: str | None) -> None:
+    """Record the Celery node name for the manifests of stages run by this process."""
+    global _current_worker
+    _current_worker = name
+
+
+def _trainer_for(manifest: dict[str, Any], model_dir: str | None = None):
+    """A trainer for the manifest's run; ``model_dir`` loads the trained model instead of the configured one."""
+    from pipeline.trainer import DialogueSummarizationTrainer
+
+    config = copy.deepcopy(manifest["config"])
+    if model_dir is not None:
+        config["model"]["checkpoint"] = model_dir
+    return DialogueSummarizationTrainer(config, experiment_name=manifest["experiment"])
+
+
+def _record(manifest: dict[str, Any], stage: str, started: float, **fields: Any) -> dict[str, Any]:
+    manifest = copy.deepcopy(manifest)
+    manifest["stages"][stage] = {
+        **fields,
+        "seconds": round(time.perf_counter() - started, 3),
+        "worker": worker_name(),
+        "host": platform.node(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    manifest["status"] = "completed" if stage == STAGES[-1] else f"{stage}_done"
+    write_manifest(manifest)
+    return manifest
+
+
+def write_manifest(manifest: dict[str, Any]) -> Path:
+    """Write ``manifest.json`` into the run directory (atomically)."""
+    return atomic_write_json(Path(manifest["run_dir"]) / MANIFEST_FILE, manifest)
+
+
+def prepare_data_stage(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Tokenize the splits into ``<root>/datasets/<fingerprint>`` (a cache hit when already there)."""
+    started = time.perf_counter()
+    trainer = _trainer_for(manifest)
+    datasets = trainer.prepare_data()
+    return _record(
+        manifest,
+        "prepare_data",
+        started,
+        dataset_dir=str(trainer.prepared_dataset_dir),
+        fingerprint=trainer.dataset_fingerprint,
+        stats=trainer.data_stats,
+        splits={split: len(datasets[split]) for split in datasets},
+    )
+
+
+def _load_prepared(manifest: dict[str, Any]):
+    from datasets import load_from_disk
+
+    prepared = manifest["stages"].get("prepare_data")
+    if not prepared:
+        raise ValueError(f"run {manifest['run_id']}: prepare_data has not run; its manifest has no dataset_dir")
+    return load_from_disk(prepared["dataset_dir"])
+
+
+def train_stage(manifest: dict[str, Any], resume: str | None = "auto", callbacks: list | None = None) -> dict[str, Any]:
+    """Train (resuming from this run's latest checkpoint by default) and save ``model/``."""
+    started = time.perf_counter()
+    trainer = _trainer_for(manifest)
+    trainer.initialize_components()
+    for callback in callbacks or []:
+        trainer.trainer.add_callback(callback)
+    result = trainer.train(_load_prepared(manifest), resume_from_checkpoint=resume)
+    return _record(
+        manifest,
+        "train",
+        started,
+        model_dir=result.model_path,
+        checkpoints_dir=str(trainer.checkpoints_dir),
+        best_metrics=result.best_metrics,
+        final_metrics=result.final_metrics,
+        global_step=trainer.trainer.state.global_step,
+        experiment_id=result.experiment_id,
+        wandb_run_id=result.wandb_run_id,
+        oom_backoffs=[event for event in result.training_history if event.get("event") == "oom_backoff"],
+    )
+
+
+def evaluate_stage(manifest: dict[str, Any]) -> dict[str, Any]:
+    """ROUGE per labeled split of the trained model, written to ``metrics.json``.
+
+    Validation metrics are those ``train`` computed on the saved model with the same function, so
+    they are taken from the manifest rather than generated a second time; other labeled splits
+    (a test file with summaries) are evaluated here.
+    """
+    started = time.perf_counter()
+    train = manifest["stages"].get("train")
+    if not train:
+        raise ValueError(f"run {manifest['run_id']}: train has not run; there is no model to evaluate")
+    datasets = _load_prepared(manifest)
+    metrics = {"validation": {f"eval_{key}": value for key, value in train["final_metrics"].items()}}
+    labeled = [split for split in datasets if split not in ("train", "validation") and "references" in datasets[split].column_names]
+    if labeled:
+        trainer = _trainer_for(manifest, model_dir=train["model_dir"])
+        for split in labeled:
+            metrics[split] = trainer.evaluate(datasets[split], metric_key_prefix=split)
+    metrics_path = atomic_write_json(Path(manifest["run_dir"]) / "metrics.json", metrics)
+    return _record(manifest, "evaluate", started, metrics_path=str(metrics_path), metrics=metrics)
+
+
+def generate_predictions_stage(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Summaries for the test split: ``predictions.csv`` (``fname,summary``) and ``predictions.jsonl``."""
+    from pipeline.trainer import write_predictions
+
+    started = time.perf_counter()
+    train = manifest["stages"].get("train")
+    if not train:
+        raise ValueError(f"run {manifest['run_id']}: train has not run; there is no model to predict with")
+    datasets = _load_prepared(manifest)
+    split = "test" if "test" in datasets else "validation"
+    trainer = _trainer_for(manifest, model_dir=train["model_dir"])
+    predictions = trainer.generate_predictions(datasets[split])
+    output = manifest["config"]["inference"]["output_path"] or str(Path(manifest["run_dir"]) / "predictions.csv")
+    csv_path = write_predictions(predictions, output)
+    return _record(manifest, "generate_predictions", started, split=split, predictions_csv=str(csv_path),
+                   predictions_jsonl=str(csv_path.with_suffix(".jsonl")), rows=len(predictions))  # fmt: skip
+
+
+STAGE_FUNCTIONS = {
+    "prepare_data": prepare_data_stage,
+    "train": train_stage,
+    "evaluate": evaluate_stage,
+    "generate_predictions": generate_predictions_stage,
+}
