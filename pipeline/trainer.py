@@ -113,6 +113,11 @@ class WandbCallback(TrainerCallback):
         self.best_combined: float | None = None
         self.best_metrics: dict[str, float] = {}
 
+    def on_train_begin(self, args, state: TrainerState, control: TrainerControl, **kwargs):
+        # A resumed run restores the best metric HF tracked; a fresh one starts over.
+        self.best_combined = state.best_metric if state.best_metric is not None else None
+        self.best_metrics = {}
+
     def on_evaluate(self, args, state: TrainerState, control: TrainerControl, metrics: dict[str, float], **kwargs):
         rouge = {key: metrics.get(f"eval_{key}", 0.0) for key in ("rouge1", "rouge2", "rougeL")}
         combined = combined_f1(rouge["rouge1"], rouge["rouge2"], rouge["rougeL"])

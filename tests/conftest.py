@@ -1,0 +1,71 @@
+"""Shared fixtures: real sample data on disk and a micro config that trains a real tiny model in seconds."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never reach a hub or W&B servers; keep W&B's files out of the home directory too.
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory) -> Path:
+    """Korean sample data (train 300, dev 30, test 15 rows) written once per session."""
+    from pipeline.sample_data import write_sample_data
+
+    directory = tmp_path_factory.mktemp("sample")
+    write_sample_data(directory, n_train=300, n_dev=30, n_test=15, seed=0)
+    return directory
+
+
+def micro_config_dict(sample_dir: Path, artifact_root: Path) -> dict:
+    """tiny.yaml shrunk further: 8 optimizer steps, evaluation and checkpoint every 4."""
+    from pipeline.config import ConfigManager
+
+    config = ConfigManager().load_config(REPO / "config" / "tiny.yaml")
+    config["general"]["artifact_root"] = str(artifact_root)
+    config["data"].update(
+        sample_data=False,
+        train_path=str(sample_dir / "train.csv"),
+        val_path=str(sample_dir / "dev.csv"),
+        test_path=str(sample_dir / "test.csv"),
+    )
+    config["model"]["scratch"].update(vocab_size=600, d_model=64, ffn_dim=128)
+    config["training"].update(
+        max_steps=8,
+        per_device_train_batch_size=16,
+        per_device_eval_batch_size=16,
+        eval_strategy="steps",
+        eval_steps=4,
+        save_strategy="steps",
+        save_steps=4,
+        logging_steps=2,
+        save_total_limit=None,
+    )
+    config["generation"].update(num_beams=1, max_length=16)
+    config["inference"]["batch_size"] = 8
+    return ConfigManager().validate(config)
+
+
+@pytest.fixture
+def micro_config(sample_dir, tmp_path) -> dict:
+    """A fresh micro config whose artifact root is this test's tmp_path."""
+    return copy.deepcopy(micro_config_dict(sample_dir, tmp_path / "artifacts"))
+
+
+@pytest.fixture
+def micro_config_file(micro_config, tmp_path) -> Path:
+    """The micro config written as YAML, for the examples that load a file."""
+    from pipeline.config import ConfigManager
+
+    path = tmp_path / "micro.yaml"
+    ConfigManager().save_config(micro_config, path)
+    return path
