@@ -72,9 +72,7 @@ def safe_name(name: str) -> str:
     config write outside the artifact root.
     """
     if not name or name in {".", ".."} or not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
-        raise ValueError(
-            f"{name!r} is not usable as a directory name: use letters, digits, '_', '-' and '.' only"
-        )
+        raise ValueError(f"{name!r} is not usable as a directory name: use letters, digits, '_', '-' and '.' only")
     return name
 
 

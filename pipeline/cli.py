@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run prepare_data -> train -> evaluate -> generate_predictions in this process",
         description="Run the four stages in this process and write the run directory "
-        "(<artifact_root>/runs/<experiment>/<run_id>: model/, metrics.json, predictions.csv, manifest.json, config.yaml).",
+        "(<artifact_root>/runs/<experiment>/<run_id>: model/, metrics.json, predictions.csv, "
+        "manifest.json, config.yaml).",
     )
     _add_config_arguments(run)
     run.add_argument("--experiment-name", help="experiment name (default: experiment.name of the config)")
@@ -78,7 +79,9 @@ def _print_metrics(metrics: dict[str, dict[str, float]]) -> None:
     print(f"{'split':<12}{'ROUGE-1':>9}{'ROUGE-2':>9}{'ROUGE-L':>9}{'combined':>10}")
     for split, values in metrics.items():
         prefix = "eval" if split == "validation" else split
-        row = [values.get(f"{prefix}_{key}", float("nan")) for key in ("rouge1", "rouge2", "rougeL", "rouge_combined_f1")]
+        row = [
+            values.get(f"{prefix}_{key}", float("nan")) for key in ("rouge1", "rouge2", "rougeL", "rouge_combined_f1")
+        ]
         print(f"{split:<12}{row[0]:>9.4f}{row[1]:>9.4f}{row[2]:>9.4f}{row[3]:>10.4f}")
 
 
@@ -124,7 +127,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--model {model_dir} is not a save_pretrained directory (no config.json)")
     config_path = Path(args.config) if args.config else model_dir.parent / "config.yaml"
     manager = ConfigManager()
-    config = manager.load_config(config_path, overrides=args.overrides) if config_path.is_file() else manager.validate({})
+    config = (
+        manager.load_config(config_path, overrides=args.overrides) if config_path.is_file() else manager.validate({})
+    )
     config["model"]["checkpoint"] = str(model_dir)
     config["data"]["sample_data"] = False
     trainer = DialogueSummarizationTrainer(config)
@@ -135,9 +140,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     table = read_competition_csv(args.input, Columns.from_config(config["data"]))
     columns, _ = tokenize_table(
-        table, trainer.tokenizer, PipelineConfig.from_dict(config).prefix(),
-        config["tokenizer"]["encoder_max_len"], config["tokenizer"]["decoder_max_len"],
-    )  # fmt: skip
+        table,
+        trainer.tokenizer,
+        PipelineConfig.from_dict(config).prefix(),
+        config["tokenizer"]["encoder_max_len"],
+        config["tokenizer"]["decoder_max_len"],
+    )
     started = time.perf_counter()
     predictions = trainer.generate_predictions(Dataset.from_dict(columns))
     write_predictions(predictions, args.out)
@@ -151,8 +159,9 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
 
     if args.n < 10:
         raise ValueError(f"--n must be at least 10, got {args.n}")
-    paths = write_sample_data(args.out, n_train=args.n, n_dev=max(args.n // 10, 10), n_test=max(args.n // 20, 10),
-                              seed=args.seed)  # fmt: skip
+    paths = write_sample_data(
+        args.out, n_train=args.n, n_dev=max(args.n // 10, 10), n_test=max(args.n // 20, 10), seed=args.seed
+    )
     for split, path in paths.items():
         print(f"{split}: {path}")
     return 0

@@ -101,7 +101,9 @@ def _reference_columns(header: list[str], columns: Columns) -> list[str]:
     return [name for _, name in sorted(numbered)]
 
 
-def read_competition_csv(path: str | Path, columns: Columns | None = None, require_summary: bool = False) -> DialogueTable:
+def read_competition_csv(
+    path: str | Path, columns: Columns | None = None, require_summary: bool = False
+) -> DialogueTable:
     """Load and validate one competition CSV.
 
     Args:
@@ -335,12 +337,25 @@ def prepare_datasets(
         if stats[split]["truncated_dialogues"] or stats[split]["truncated_summaries"]:
             logger.warning(
                 "%s: truncated %d of %d dialogues to %d tokens and %d summaries to %d tokens",
-                path, stats[split]["truncated_dialogues"], stats[split]["rows"], encoder_max_len,
-                stats[split]["truncated_summaries"], decoder_max_len,
-            )  # fmt: skip
+                path,
+                stats[split]["truncated_dialogues"],
+                stats[split]["rows"],
+                encoder_max_len,
+                stats[split]["truncated_summaries"],
+                decoder_max_len,
+            )
     dataset_dict = DatasetDict(splits)
-    _save_once(dataset_dict, directory, {"fingerprint": fingerprint, "files": {s: str(p) for s, p in paths.items()},
-                                         "preprocessing": preprocessing, "stats": stats, "created": time.time()})
+    _save_once(
+        dataset_dict,
+        directory,
+        {
+            "fingerprint": fingerprint,
+            "files": {s: str(p) for s, p in paths.items()},
+            "preprocessing": preprocessing,
+            "stats": stats,
+            "created": time.time(),
+        },
+    )
     return PreparedData(load_from_disk(str(directory)), directory, fingerprint, False, stats)
 
 

@@ -1,4 +1,6 @@
-"""The four stages of a run as plain functions over a manifest: prepare_data -> train -> evaluate -> generate_predictions.
+"""The four stages of a run as plain functions over a manifest.
+
+prepare_data -> train -> evaluate -> generate_predictions.
 
 ``dialsum run`` calls them one after another in this process; the Celery tasks in ``tasks/``
 call the very same functions on workers. Each stage takes the manifest (a small JSON dict: run
@@ -147,7 +149,11 @@ def evaluate_stage(manifest: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"run {manifest['run_id']}: train has not run; there is no model to evaluate")
     datasets = _load_prepared(manifest)
     metrics = {"validation": {f"eval_{key}": value for key, value in train["final_metrics"].items()}}
-    labeled = [split for split in datasets if split not in ("train", "validation") and "references" in datasets[split].column_names]
+    labeled = [
+        split
+        for split in datasets
+        if split not in ("train", "validation") and "references" in datasets[split].column_names
+    ]
     if labeled:
         trainer = _trainer_for(manifest, model_dir=train["model_dir"])
         for split in labeled:
@@ -170,8 +176,15 @@ def generate_predictions_stage(manifest: dict[str, Any]) -> dict[str, Any]:
     predictions = trainer.generate_predictions(datasets[split])
     output = manifest["config"]["inference"]["output_path"] or str(Path(manifest["run_dir"]) / "predictions.csv")
     csv_path = write_predictions(predictions, output)
-    return _record(manifest, "generate_predictions", started, split=split, predictions_csv=str(csv_path),
-                   predictions_jsonl=str(csv_path.with_suffix(".jsonl")), rows=len(predictions))  # fmt: skip
+    return _record(
+        manifest,
+        "generate_predictions",
+        started,
+        split=split,
+        predictions_csv=str(csv_path),
+        predictions_jsonl=str(csv_path.with_suffix(".jsonl")),
+        rows=len(predictions),
+    )
 
 
 STAGE_FUNCTIONS = {

@@ -87,14 +87,20 @@ def train_scratch_tokenizer(train_path: str | Path, vocab_size: int, markers: li
         single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", bos), ("</s>", eos)]
     )
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
         mask_token="<mask>",
-    )  # fmt: skip
+    )
     add_marker_tokens(tokenizer, markers)
     return tokenizer
 
 
-def scratch_tokenizer_dir(artifact_root: str | Path, train_path: str | Path, vocab_size: int, markers: list[str]) -> Path:
+def scratch_tokenizer_dir(
+    artifact_root: str | Path, train_path: str | Path, vocab_size: int, markers: list[str]
+) -> Path:
     """Where the scratch tokenizer for these inputs is cached: training it again would give the same one."""
     key = content_hash(
         {"train": file_sha256(train_path), "vocab": vocab_size, "markers": markers, "v": _SCRATCH_TOKENIZER_VERSION}
@@ -102,7 +108,9 @@ def scratch_tokenizer_dir(artifact_root: str | Path, train_path: str | Path, voc
     return Path(artifact_root) / "tokenizers" / key
 
 
-def load_scratch_tokenizer(artifact_root: str | Path, train_path: str | Path, vocab_size: int, markers: list[str]) -> Any:
+def load_scratch_tokenizer(
+    artifact_root: str | Path, train_path: str | Path, vocab_size: int, markers: list[str]
+) -> Any:
     """Load the cached scratch tokenizer for this training split, training and caching it first if needed."""
     from transformers import AutoTokenizer
 
@@ -174,7 +182,9 @@ def load_pretrained(checkpoint: str) -> tuple[Any, Any]:
     return tokenizer, model
 
 
-def load_model_and_tokenizer(config: dict[str, Any], artifact_root: str | Path, train_path: str | Path) -> tuple[Any, Any]:
+def load_model_and_tokenizer(
+    config: dict[str, Any], artifact_root: str | Path, train_path: str | Path
+) -> tuple[Any, Any]:
     """The tokenizer and model the config asks for, with marker tokens added and embeddings resized.
 
     Args:

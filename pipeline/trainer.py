@@ -135,9 +135,13 @@ class WandbCallback(TrainerCallback):
             "epoch": state.epoch,
             "step": state.global_step,
         }
-        self.trainer_instance._log({key: value for key, value in logged.items() if value is not None}, state.global_step)
+        self.trainer_instance._log(
+            {key: value for key, value in logged.items() if value is not None}, state.global_step
+        )
 
-    def on_log(self, args, state: TrainerState, control: TrainerControl, logs: dict[str, float] | None = None, **kwargs):
+    def on_log(
+        self, args, state: TrainerState, control: TrainerControl, logs: dict[str, float] | None = None, **kwargs
+    ):
         # Training loss and learning rate; evaluation metrics are logged by on_evaluate.
         if logs and "loss" in logs:
             train_logs = {f"train/{key}": value for key, value in logs.items() if isinstance(value, (int, float))}
@@ -175,7 +179,9 @@ class DialogueSummarizationTrainer:
         self.experiment_name = experiment_name or self._config["experiment"]["name"]
         self.run_id = run_id_for(self._config)
         output_dir = self._config["general"]["output_dir"]
-        self._output_dir = Path(output_dir) if output_dir else run_dir(self.artifact_root, self.experiment_name, self.run_id)
+        self._output_dir = (
+            Path(output_dir) if output_dir else run_dir(self.artifact_root, self.experiment_name, self.run_id)
+        )
         self._device: torch.device | None = None
         self._model = None
         self._tokenizer = None
@@ -280,7 +286,8 @@ class DialogueSummarizationTrainer:
             min_length=generation["min_length"],
             no_repeat_ngram_size=generation["no_repeat_ngram_size"],
             length_penalty=generation["length_penalty"],
-            early_stopping=generation["early_stopping"],
+            # transformers refuses to save early_stopping=True with greedy search (it only applies to beams).
+            early_stopping=generation["early_stopping"] and generation["num_beams"] > 1,
         )
         return GenerationConfig(**{key: value for key, value in base.items() if not key.startswith("_")})
 
@@ -327,7 +334,9 @@ class DialogueSummarizationTrainer:
             report_to="none",  # W&B goes through ExperimentTracker, so runs are never logged twice
         )
 
-    def _build_hf_trainer(self, args: Seq2SeqTrainingArguments, user_callbacks: list[TrainerCallback]) -> Seq2SeqTrainer:
+    def _build_hf_trainer(
+        self, args: Seq2SeqTrainingArguments, user_callbacks: list[TrainerCallback]
+    ) -> Seq2SeqTrainer:
         callbacks: list[TrainerCallback] = [self._wandb_callback, *user_callbacks]
         training = self._config["training"]
         if training["early_stopping_patience"] and args.eval_strategy != "no":
@@ -427,7 +436,9 @@ class DialogueSummarizationTrainer:
             self.history.append({"event": "resume", "checkpoint": str(checkpoint)})
         try:
             self._train_with_oom_backoff(dataset, checkpoint)
-            final_metrics = strip_prefix(self.evaluate(dataset["validation"]), "eval") if "validation" in dataset else {}
+            final_metrics = (
+                strip_prefix(self.evaluate(dataset["validation"]), "eval") if "validation" in dataset else {}
+            )
             model_path = self.save_model()
         except Exception as error:
             self._tracker.end_experiment(self._experiment_id, status="failed", notes=str(error))
@@ -439,9 +450,18 @@ class DialogueSummarizationTrainer:
         self.history = [*self.history, *self._trainer.state.log_history]
         atomic_write_text(self._output_dir / "history.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
         self._tracker.end_experiment(self._experiment_id, status="completed", notes="")
-        lineage = {"run_id": self.run_id, "dataset_fingerprint": self.dataset_fingerprint, "resumed_from": str(checkpoint or "")}
-        self._registry.register(model_path, {k: v for k, v in final_metrics.items()}, self._config, lineage=lineage,
-                                name=self.experiment_name)  # fmt: skip
+        lineage = {
+            "run_id": self.run_id,
+            "dataset_fingerprint": self.dataset_fingerprint,
+            "resumed_from": str(checkpoint or ""),
+        }
+        self._registry.register(
+            model_path,
+            {k: v for k, v in final_metrics.items()},
+            self._config,
+            lineage=lineage,
+            name=self.experiment_name,
+        )
         return TrainingResult(
             best_metrics=best_metrics,
             final_metrics=final_metrics,
@@ -474,7 +494,9 @@ class DialogueSummarizationTrainer:
         for candidate in (Path(resume_from_checkpoint), self._output_dir / resume_from_checkpoint):
             if (candidate / "trainer_state.json").is_file():
                 return candidate
-        available = sorted(p.name for p in self.checkpoints_dir.glob("checkpoint-*")) if self.checkpoints_dir.is_dir() else []
+        available = (
+            sorted(p.name for p in self.checkpoints_dir.glob("checkpoint-*")) if self.checkpoints_dir.is_dir() else []
+        )
         raise FileNotFoundError(
             f"resume_from_checkpoint {resume_from_checkpoint!r} is not a checkpoint directory "
             f"(looked in the current directory and {self._output_dir}); available: {available or 'none'}; "
@@ -522,8 +544,9 @@ class DialogueSummarizationTrainer:
         predictions = self._decode(eval_prediction.predictions)
         references = self._eval_references or [[text] for text in self._decode(eval_prediction.label_ids)]
         evaluation = self._config["evaluation"]
-        scores = compute_rouge(predictions, references[: len(predictions)], evaluation["rouge_tokenizer"],
-                               evaluation["multi_reference"])  # fmt: skip
+        scores = compute_rouge(
+            predictions, references[: len(predictions)], evaluation["rouge_tokenizer"], evaluation["multi_reference"]
+        )
         distinct = len(set(predictions)) / max(len(predictions), 1)
         # The share of distinct predictions exposes a collapsed model that max-over-references ROUGE hides.
         return {**scores, "distinct_predictions": distinct}
@@ -630,7 +653,9 @@ def write_predictions(predictions: list[dict[str, str]], csv_path: str | Path) -
     writer.writerows([row["fname"], row["prediction"]] for row in predictions)
     csv_path = Path(csv_path)
     atomic_write_text(csv_path, buffer.getvalue())
-    atomic_write_text(csv_path.with_suffix(".jsonl"), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in predictions))
+    atomic_write_text(
+        csv_path.with_suffix(".jsonl"), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in predictions)
+    )
     return csv_path
 
 
@@ -647,7 +672,11 @@ def ensure_sample_data(config: dict[str, Any]) -> None:
     if all(path is None or Path(path).is_file() for path in paths.values()):
         return
     directory = Path(data["train_path"]).parent
-    sizes = {"n_train": data["sample_size"], "n_dev": max(data["sample_size"] // 10, 10), "n_test": max(data["sample_size"] // 20, 10)}
+    sizes = {
+        "n_train": data["sample_size"],
+        "n_dev": max(data["sample_size"] // 10, 10),
+        "n_test": max(data["sample_size"] // 20, 10),
+    }
     written = write_sample_data(directory, seed=config["general"]["seed"], **sizes)
     for split, path in paths.items():
         if path is not None and Path(path) != written[split]:

@@ -36,7 +36,9 @@ def test_reads_competition_file_with_multiline_dialogues(tmp_path):
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["fname", "dialogue", "summary", "topic"])
-        writer.writerow(["train_0", "#Person1#: 안녕하세요.\n#Person2#: 네, 안녕하세요.", "두 사람이 인사한다.", "인사"])
+        writer.writerow(
+            ["train_0", "#Person1#: 안녕하세요.\n#Person2#: 네, 안녕하세요.", "두 사람이 인사한다.", "인사"]
+        )
     table = read_competition_csv(path, require_summary=True)
     assert table.fnames == ["train_0"]
     assert table.dialogues[0].count("\n") == 1  # turn structure kept
@@ -154,7 +156,10 @@ def test_prefix_is_prepended(tokenizer, tmp_path):
 def test_collator_pads_labels_with_minus_100(tokenizer, tmp_path):
     from transformers import DataCollatorForSeq2Seq
 
-    path = write(tmp_path / "train.csv", HEADER + "a,#Person1#: 안녕,짧다,t\nb,#Person1#: 안녕,이것은 훨씬 더 긴 요약 문장이다,t\n")
+    path = write(
+        tmp_path / "train.csv",
+        HEADER + "a,#Person1#: 안녕,짧다,t\nb,#Person1#: 안녕,이것은 훨씬 더 긴 요약 문장이다,t\n",
+    )
     columns, _ = tokenize_table(read_competition_csv(path, require_summary=True), tokenizer, "", 64, 32)
     batch = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)(
         [{"input_ids": columns["input_ids"][i], "labels": columns["labels"][i]} for i in range(2)]

@@ -89,7 +89,10 @@ def test_lifecycle_examples(micro_config, sample_dir):
     assert len(predictions) == 30 and len(sample_predictions) == 10
     assert set(sample_predictions[0]) == {"fname", "input", "prediction", "reference"}
     assert [p["fname"] for p in predictions] == datasets["test"]["fname"]  # split order kept
-    assert result.training_history[0] == {"event": "resume", "checkpoint": str(trainer.output_dir / "checkpoints/checkpoint-4")}
+    assert result.training_history[0] == {
+        "event": "resume",
+        "checkpoint": str(trainer.output_dir / "checkpoints/checkpoint-4"),
+    }
     assert model.config.vocab_size == len(tokenizer)
     assert trainer.model_registry.best()["model_path"] == str(trainer.output_dir.resolve() / "model")
 

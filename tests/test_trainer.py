@@ -21,6 +21,16 @@ class StopAfterFirstSave(TrainerCallback):
         control.should_training_stop = True
 
 
+class CountSteps(TrainerCallback):
+    """Records the global step after every optimizer step actually taken."""
+
+    def __init__(self):
+        self.steps = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+
 class InjectOOM(TrainerCallback):
     """Raises torch's out-of-memory error while the per-device batch is larger than ``fits``.
 
@@ -47,11 +57,17 @@ def test_resume_continues_the_step_count(micro_config):
     assert latest_checkpoint(trainer.checkpoints_dir).name == "checkpoint-4"
 
     trainer.trainer.pop_callback(StopAfterFirstSave)
+    counter = CountSteps()
+    trainer.trainer.add_callback(counter)
     result = trainer.train(datasets, resume_from_checkpoint="auto")
     assert trainer.trainer.state.global_step == 8
+    assert counter.steps == [5, 6, 7, 8]  # steps 1-4 were not trained again
     steps_logged = [record["step"] for record in result.training_history if "loss" in record]
-    assert steps_logged and min(steps_logged) > 4  # steps 1-4 were not trained again
-    assert result.training_history[0] == {"event": "resume", "checkpoint": str(trainer.checkpoints_dir / "checkpoint-4")}
+    assert steps_logged == [2, 4, 6, 8]  # the restored history plus the new steps, none twice
+    assert result.training_history[0] == {
+        "event": "resume",
+        "checkpoint": str(trainer.checkpoints_dir / "checkpoint-4"),
+    }
     assert (trainer.checkpoints_dir / "checkpoint-8" / "trainer_state.json").is_file()
 
 
@@ -134,8 +150,18 @@ def test_wandb_callback_logs_spec_keys_to_the_local_record(micro_config):
     logged = [row["metrics"] for row in trainer.experiment_tracker.get_metrics(result.experiment_id)]
     evaluations = [row for row in logged if "eval/rouge_combined_f1" in row]
     assert len(evaluations) >= 2
-    expected = {"eval/rouge1_f1", "eval/rouge2_f1", "eval/rougeL_f1", "eval/loss", "best/rouge_combined_f1", "epoch", "step"}
+    expected = {
+        "eval/rouge1_f1",
+        "eval/rouge2_f1",
+        "eval/rougeL_f1",
+        "eval/loss",
+        "best/rouge_combined_f1",
+        "epoch",
+        "step",
+    }
     assert expected <= set(evaluations[0])
     best = [row["best/rouge_combined_f1"] for row in evaluations]
     assert best == sorted(best)  # a running maximum
-    assert result.best_metrics["rouge_combined_f1"] == pytest.approx(max(r["eval/rouge_combined_f1"] for r in evaluations))
+    assert result.best_metrics["rouge_combined_f1"] == pytest.approx(
+        max(r["eval/rouge_combined_f1"] for r in evaluations)
+    )
