@@ -34,7 +34,7 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``dialsum`` (all subcommands)."""
+    """The argument parser of ``dialsum`` with the library's subcommands (no cluster commands)."""
     parser = argparse.ArgumentParser(
         prog="dialsum",
         description="Train, evaluate and predict dialogue summarization models (KoBART, BART, T5, mT5).",
@@ -42,7 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_library_commands(commands)
+    return parser
 
+
+def add_library_commands(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add run, validate-config, predict and sample-data; returns the ``run`` parser (the cluster CLI extends it)."""
     run = commands.add_parser(
         "run",
         help="run prepare_data -> train -> evaluate -> generate_predictions in this process",
@@ -72,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--n", type=int, default=2000, help="training rows (dev gets n/10, test n/20; default 2000)")
     sample.add_argument("--seed", type=int, default=0)
     sample.set_defaults(handler=cmd_sample_data)
-    return parser
+    return run
 
 
 def _print_metrics(metrics: dict[str, dict[str, float]]) -> None:
@@ -167,9 +172,9 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``dialsum`` console script."""
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    """Parse ``argv`` and run the chosen subcommand; user-fixable errors exit with status 2."""
+    args = (parser or build_parser()).parse_args(argv)
     try:
         return args.handler(args)
     except (ValueError, FileNotFoundError) as error:

@@ -30,7 +30,7 @@ def new_manifest(config: dict[str, Any], experiment_name: str | None = None) -> 
     The run directory is fixed here (``general.output_dir`` or ``<root>/runs/<experiment>/<run_id>``)
     and written into the config, so that every stage, wherever it runs, writes to the same place.
     """
-    config = copy.deepcopy(config)
+    config = absolute_paths(config)
     experiment = experiment_name or config["experiment"]["name"]
     run_id = run_id_for(config)
     directory = Path(config["general"]["output_dir"] or run_dir(config["general"]["artifact_root"], experiment, run_id))
@@ -45,18 +45,38 @@ def new_manifest(config: dict[str, Any], experiment_name: str | None = None) -> 
     }
 
 
+# Who runs stages in this process: the Celery node name and queue when a task set them.
+_stage_context: dict[str, str | None] = {"worker": None, "queue": None}
+
+
+def set_stage_context(worker: str | None = None, queue: str | None = None) -> None:
+    """Record the Celery node name and queue for the manifests of stages run by this process."""
+    _stage_context.update(worker=worker, queue=queue)
+
+
+def absolute_paths(config: dict[str, Any], base_dir: str | Path | None = None) -> dict[str, Any]:
+    """A copy of ``config`` with relative file paths made absolute against ``base_dir`` (the CWD).
+
+    A worker runs in its own directory, maybe on another node: only absolute paths (on a shared
+    filesystem) mean the same file there as where the run was submitted.
+    """
+    config = copy.deepcopy(config)
+    base = Path(base_dir or Path.cwd())
+    keys = [("general", "artifact_root"), ("general", "output_dir"), ("data", "train_path"), ("data", "val_path"),
+            ("data", "test_path"), ("inference", "output_path")]  # fmt: skip
+    for section, key in keys:
+        value = config[section].get(key)
+        if value and not Path(value).is_absolute():
+            config[section][key] = str(base / value)
+    checkpoint = config["model"]["checkpoint"]
+    if checkpoint != "scratch" and (base / checkpoint).exists() and not Path(checkpoint).is_absolute():
+        config["model"]["checkpoint"] = str(base / checkpoint)
+    return config
+
+
 def worker_name() -> str:
-    """Who ran a stage: the Celery node name when a task set it, else ``host`` (in process)."""
-    return _current_worker or f"local@{socket.gethostname()}"
-
-
-_current_worker: str | None = None
-
-
-def set_worker_name(name: str | None) -> None:
-    """Record the Celery node name for the manifests of stages run by this process."""
-    global _current_worker
-    _current_worker = name
+    """Who ran a stage: the Celery node name when a task set it, else ``local@<host>`` (in process)."""
+    return _stage_context["worker"] or f"local@{socket.gethostname()}"
 
 
 def _trainer_for(manifest: dict[str, Any], model_dir: str | None = None):
@@ -71,12 +91,15 @@ def _trainer_for(manifest: dict[str, Any], model_dir: str | None = None):
 
 def _record(manifest: dict[str, Any], stage: str, started: float, **fields: Any) -> dict[str, Any]:
     manifest = copy.deepcopy(manifest)
+    seconds = time.perf_counter() - started
     manifest["stages"][stage] = {
         **fields,
-        "seconds": round(time.perf_counter() - started, 3),
+        "seconds": round(seconds, 3),
         "worker": worker_name(),
+        "queue": _stage_context["queue"],
         "host": platform.node(),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "started_at": time.time() - seconds,
+        "finished_at": time.time(),
     }
     manifest["status"] = "completed" if stage == STAGES[-1] else f"{stage}_done"
     write_manifest(manifest)

@@ -148,6 +148,57 @@ class WandbCallback(TrainerCallback):
             self.trainer_instance._log({**train_logs, "step": state.global_step}, state.global_step)
 
 
+class RunCancelled(Exception):
+    """Training stopped because a cancel was requested; the checkpoint of the stopping step is kept."""
+
+
+class StageControlCallback(TrainerCallback):
+    """Reports progress and stops training cooperatively, at a step boundary, when asked to.
+
+    Used by the Celery train stage (``report`` sends task state and events; ``should_cancel``
+    reads the run's cancel flag) but free of any Celery import.
+
+    Args:
+        report: Called with ``{"step", "total", "epoch", "loss"}`` on every log and with
+            ``{"step", "total", "eval": {...}}`` on every evaluation.
+        should_cancel: Polled after optimizer steps (at most once per ``poll_seconds``).
+        poll_seconds: Minimum time between two ``should_cancel`` calls (they may hit the network).
+    """
+
+    def __init__(self, report=None, should_cancel=None, poll_seconds: float = 0.5):
+        self.report = report
+        self.should_cancel = should_cancel
+        self.poll_seconds = poll_seconds
+        self._last_poll = 0.0
+        self.cancel_requested = False
+
+    def on_step_end(self, args, state: TrainerState, control: TrainerControl, **kwargs):
+        now = time.monotonic()
+        if self.should_cancel is None or now - self._last_poll < self.poll_seconds:
+            return
+        self._last_poll = now
+        if self.should_cancel():
+            # Save first, then stop: on_save below raises once the checkpoint is on disk.
+            self.cancel_requested = True
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_save(self, args, state: TrainerState, control: TrainerControl, **kwargs):
+        if self.cancel_requested:
+            raise RunCancelled(f"cancelled at step {state.global_step}; checkpoint-{state.global_step} kept")
+
+    def on_log(self, args, state: TrainerState, control: TrainerControl, logs=None, **kwargs):
+        if self.report and logs and "loss" in logs:
+            self.report(
+                {"step": state.global_step, "total": state.max_steps, "epoch": state.epoch, "loss": logs["loss"]}
+            )
+
+    def on_evaluate(self, args, state: TrainerState, control: TrainerControl, metrics=None, **kwargs):
+        if self.report and metrics:
+            evaluation = {key: value for key, value in metrics.items() if isinstance(value, (int, float))}
+            self.report({"step": state.global_step, "total": state.max_steps, "eval": evaluation})
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """True for CUDA/MPS/CPU allocator failures, which torch reports in several ways."""
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
@@ -440,6 +491,9 @@ class DialogueSummarizationTrainer:
                 strip_prefix(self.evaluate(dataset["validation"]), "eval") if "validation" in dataset else {}
             )
             model_path = self.save_model()
+        except RunCancelled as error:
+            self._tracker.end_experiment(self._experiment_id, status="cancelled", notes=str(error))
+            raise
         except Exception as error:
             self._tracker.end_experiment(self._experiment_id, status="failed", notes=str(error))
             if isinstance(error, (ValueError, RuntimeError)):

@@ -69,3 +69,62 @@ def micro_config_file(micro_config, tmp_path) -> Path:
     path = tmp_path / "micro.yaml"
     ConfigManager().save_config(micro_config, path)
     return path
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (the OS picks it)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """A real ``redis-server`` on a free loopback port, in its own directory; it can be stopped and restarted."""
+
+    def __init__(self, directory: Path, port: int | None = None, persist: bool = False):
+        self.directory = directory
+        self.port = port or free_port()
+        self.persist = persist
+        self.process = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        import shutil
+        import subprocess
+        import time
+
+        import redis
+
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed: apt-get install redis-server (.ci/run does this)")
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory), "--save", ""]
+        args += ["--appendonly", "yes" if self.persist else "no"]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port)
+        for _ in range(100):
+            try:
+                if client.ping():
+                    return self
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A private redis-server for one test."""
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()

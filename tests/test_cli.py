@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def dialsum(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=900
+        [sys.executable, "-m", "tasks.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=900
     )
 
 

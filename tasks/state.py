@@ -1,0 +1,97 @@
+"""Run records in Redis: what the client and the stage tasks both read and write.
+
+One hash per run, ``dialsum:run:<run_id>``, with its status, current stage, the ids of its stage
+tasks, its latest progress and error; plus ``dialsum:cancel:<run_id>`` (a cancel request) and
+``dialsum:deliveries:<task_id>`` (how often a task was delivered, for the redelivery cap).
+Everything is JSON-safe strings, so any process on any node can read it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from functools import cache
+from typing import Any
+
+import redis
+
+from tasks.app import app, visibility_timeout
+
+RUN_KEY = "dialsum:run:{}"
+CANCEL_KEY = "dialsum:cancel:{}"
+DELIVERIES_KEY = "dialsum:deliveries:{}"
+RUNS_INDEX = "dialsum:runs"
+ACTIVE_STATUSES = ("queued", "running")
+FINAL_STATUSES = ("completed", "failed", "cancelled")
+# Records outlive a sweep, like the task results.
+_RECORD_TTL = 30 * 24 * 3600
+
+
+@cache
+def _client_for(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+
+
+def redis_client() -> redis.Redis:
+    """A Redis client on the broker (``redis://`` or ``rediss://``), one per process and URL."""
+    return _client_for(app.conf.broker_url)
+
+
+def write_run(run_id: str, **fields: Any) -> None:
+    """Create or update a run's record; dicts and lists are stored as JSON."""
+    values = {
+        key: json.dumps(value) if isinstance(value, (dict, list)) else str(value) for key, value in fields.items()
+    }
+    values["updated_at"] = str(time.time())
+    client = redis_client()
+    with client.pipeline() as pipe:
+        pipe.hset(RUN_KEY.format(run_id), mapping=values)
+        pipe.expire(RUN_KEY.format(run_id), _RECORD_TTL)
+        pipe.zadd(RUNS_INDEX, {run_id: float(fields.get("submitted_at", time.time()))}, nx=True)
+        pipe.execute()
+
+
+def read_run(run_id: str) -> dict[str, Any] | None:
+    """A run's record with JSON fields decoded, or None when there is none."""
+    raw = redis_client().hgetall(RUN_KEY.format(run_id))
+    if not raw:
+        return None
+    record: dict[str, Any] = {}
+    for key, value in raw.items():
+        record[key] = json.loads(value) if key in ("task_ids", "progress", "stage_states") else value
+    return record
+
+
+def list_run_ids() -> list[str]:
+    """All run ids, oldest submission first."""
+    return list(redis_client().zrange(RUNS_INDEX, 0, -1))
+
+
+def request_cancel(run_id: str) -> None:
+    """Ask the run's stages to stop; train polls this at step boundaries."""
+    redis_client().set(CANCEL_KEY.format(run_id), "1", ex=_RECORD_TTL)
+
+
+def cancel_requested(run_id: str) -> bool:
+    """Whether a cancel was requested for ``run_id``."""
+    return redis_client().exists(CANCEL_KEY.format(run_id)) == 1
+
+
+def clear_cancel(run_id: str) -> None:
+    """Forget an earlier cancel request (a resubmitted run starts clean)."""
+    redis_client().delete(CANCEL_KEY.format(run_id))
+
+
+def count_delivery(task_id: str) -> int:
+    """Count one more delivery of ``task_id`` and return the total.
+
+    Celery requeues a task whose worker died but never stops doing so; this counter is how a task
+    that kills its worker every time ends as FAILURE instead of looping.
+    """
+    key = DELIVERIES_KEY.format(task_id)
+    client = redis_client()
+    with client.pipeline() as pipe:
+        pipe.incr(key)
+        pipe.expire(key, 2 * visibility_timeout())
+        count, _ = pipe.execute()
+    return int(count)
