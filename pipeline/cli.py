@@ -177,9 +177,9 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
     args = (parser or build_parser()).parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError) as error:
-        # Config and data errors already say what is wrong and how to fix it; a traceback adds nothing.
-        print(f"error: {error}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, KeyError) as error:
+        # Config, data and lookup errors already say what is wrong and how to fix it; a traceback adds nothing.
+        print(f"error: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
         return 2
 
 

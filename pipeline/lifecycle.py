@@ -62,8 +62,14 @@ def absolute_paths(config: dict[str, Any], base_dir: str | Path | None = None) -
     """
     config = copy.deepcopy(config)
     base = Path(base_dir or Path.cwd())
-    keys = [("general", "artifact_root"), ("general", "output_dir"), ("data", "train_path"), ("data", "val_path"),
-            ("data", "test_path"), ("inference", "output_path")]  # fmt: skip
+    keys = [
+        ("general", "artifact_root"),
+        ("general", "output_dir"),
+        ("data", "train_path"),
+        ("data", "val_path"),
+        ("data", "test_path"),
+        ("inference", "output_path"),
+    ]
     for section, key in keys:
         value = config[section].get(key)
         if value and not Path(value).is_absolute():

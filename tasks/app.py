@@ -94,5 +94,5 @@ app.conf.update(
     # SIGTERM (remapped to a cold shutdown by `dialsum worker`) gives the running task this long to
     # reach a checkpoint, then requeues its unacknowledged message.
     worker_soft_shutdown_timeout=float(os.environ.get("DIALSUM_SOFT_SHUTDOWN_TIMEOUT", 30)),
-    worker_enable_soft_shutdown_on_idle=True,
+    worker_enable_soft_shutdown_on_idle=False,  # an idle worker has nothing to save: stop at once
 )

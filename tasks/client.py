@@ -164,8 +164,17 @@ class PipelineClient:
 
         task_ids = [str(uuid.uuid4()) for _ in STAGES]
         clear_cancel(run_id)
-        write_run(run_id, status="queued", stage="", task_ids=task_ids, run_dir=manifest["run_dir"],
-                  experiment=manifest["experiment"], submitted_at=time.time(), error="", progress={})  # fmt: skip
+        write_run(
+            run_id,
+            status="queued",
+            stage="",
+            task_ids=task_ids,
+            run_dir=manifest["run_dir"],
+            experiment=manifest["experiment"],
+            submitted_at=time.time(),
+            error="",
+            progress={},
+        )
         first, *rest = [
             app.signature(f"dialsum.{stage}", task_id=task_id) for stage, task_id in zip(STAGES, task_ids, strict=True)
         ]

@@ -96,6 +96,7 @@ def run_stage(task, stage: str, manifest: Any) -> dict[str, Any]:
     stored = stored_result(manifest, stage)
     if stored is not None:
         logger.info("%s of run %s already done; returning the stored result", stage, run_id)
+        _mark_done(run_id, stage)
         return stored
     if cancel_requested(run_id):
         write_run(run_id, status="cancelled", stage=stage)
@@ -119,8 +120,12 @@ def run_stage(task, stage: str, manifest: Any) -> dict[str, Any]:
     except Exception as error:
         write_run(run_id, status="failed", stage=stage, error=f"{type(error).__name__}: {error}")
         raise
-    write_run(run_id, status="completed" if stage == "generate_predictions" else "running", stage=stage)
+    _mark_done(run_id, stage)
     return result
+
+
+def _mark_done(run_id: str, stage: str) -> None:
+    write_run(run_id, status="completed" if stage == "generate_predictions" else "running", stage=stage)
 
 
 def _stage_task(stage: str):

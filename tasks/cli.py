@@ -1,0 +1,191 @@
+"""The ``dialsum`` console script: the library's commands plus the cluster's (worker, flower, submit, ...).
+
+The cluster commands live here, not in ``pipeline/cli.py``, because ``pipeline/`` never imports celery.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline import cli as library_cli
+
+CLUSTER_EPILOG = """cluster:
+  dialsum worker --gpus 0,1,2,3                   one worker per GPU on this node (CPU-only machine: --gpus none)
+  dialsum flower                                  Flower dashboard on the same broker (basic auth)
+  dialsum submit --config config/base_config.yaml --wait
+  dialsum status [RUN_ID]                         one run, or all runs
+  dialsum cancel RUN_ID                           stop a run at the next step; its last checkpoint is kept
+  every process reads the broker from DIALSUM_BROKER_URL (default redis://127.0.0.1:6379/0)
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``dialsum`` parser: library and cluster subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="dialsum",
+        description="Train, evaluate and predict dialogue summarization models (KoBART, BART, T5, mT5), "
+        "in process or on Celery workers.",
+        epilog=library_cli.EPILOG + "\n" + CLUSTER_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = library_cli.add_library_commands(commands)
+    run.add_argument("--broker", help="submit to the cluster on this broker and follow it (default: run in process)")
+    run.set_defaults(handler=cmd_run)
+    add_worker_command(commands)
+    add_flower_command(commands)
+    add_run_commands(commands)
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``dialsum run``: in process, or through the cluster with ``--broker`` (followed with a progress bar)."""
+    if not args.broker:
+        return library_cli.cmd_run(args)
+    from tasks.client import PipelineClient
+
+    handle = PipelineClient(args.broker).submit(
+        args.config, overrides=args.overrides, experiment_name=args.experiment_name
+    )
+    print(f"run {handle.id} submitted to {args.broker}")
+    return _follow(handle)
+
+
+def _follow(handle) -> int:
+    from tasks.client import RunFailed
+
+    try:
+        manifest = handle.wait(progress=True)
+    except RunFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    library_cli._print_metrics(manifest["stages"]["evaluate"]["metrics"])
+    for stage, record in manifest["stages"].items():
+        print(f"{stage:<22}{record['worker']:<28}queue={record['queue']:<5}{record['seconds']:>9.1f}s")
+    print(f"run directory: {manifest['run_dir']}")
+    return 0
+
+
+def add_run_commands(commands: argparse._SubParsersAction) -> None:
+    """``dialsum submit``, ``status`` and ``cancel``: runs on the cluster (broker from DIALSUM_BROKER_URL)."""
+    submit = commands.add_parser("submit", help="validate a config and enqueue its run on the cluster")
+    library_cli._add_config_arguments(submit)
+    submit.add_argument("--experiment-name", help="experiment name (default: experiment.name of the config)")
+    submit.add_argument("--wait", action="store_true", help="follow the run with a progress bar until it ends")
+    submit.add_argument("--broker", help="broker URL (default: DIALSUM_BROKER_URL or redis://127.0.0.1:6379/0)")
+    submit.set_defaults(handler=cmd_submit)
+
+    status = commands.add_parser("status", help="show one run, or a table of all runs")
+    status.add_argument("run_id", nargs="?", help="a run id (run-...); all runs when omitted")
+    status.add_argument("--broker", help="broker URL")
+    status.set_defaults(handler=cmd_status)
+
+    cancel = commands.add_parser("cancel", help="stop a run at the next training step; its checkpoint is kept")
+    cancel.add_argument("run_id")
+    cancel.add_argument("--broker", help="broker URL")
+    cancel.set_defaults(handler=cmd_cancel)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """``dialsum submit``."""
+    from tasks.client import PipelineClient
+
+    handle = PipelineClient(args.broker).submit(
+        args.config, overrides=args.overrides, experiment_name=args.experiment_name
+    )
+    print(handle.id)
+    return _follow(handle) if args.wait else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """``dialsum status [RUN_ID]``."""
+    import json
+
+    from tasks.client import PipelineClient
+
+    client = PipelineClient(args.broker)
+    if args.run_id:
+        print(json.dumps(client.get(args.run_id).status(), indent=2, default=str))
+        return 0
+    print(f"{'run':<18}{'status':<11}{'stage':<22}{'step':>10}  experiment")
+    for record in client.list_runs():
+        progress = record.get("progress") or {}
+        step = f"{progress.get('step', '')}/{progress.get('total', '')}" if progress else ""
+        stage = record.get("stage", "")
+        print(f"{record['run_id']:<18}{record['status']:<11}{stage:<22}{step:>10}  {record.get('experiment', '')}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """``dialsum cancel RUN_ID``."""
+    from tasks.client import PipelineClient
+
+    PipelineClient(args.broker).get(args.run_id).cancel()
+    print(f"cancel requested for {args.run_id}")
+    return 0
+
+
+def add_worker_command(commands: argparse._SubParsersAction) -> None:
+    """``dialsum worker`` (see tasks/worker.py)."""
+    worker = commands.add_parser(
+        "worker",
+        help="start one Celery worker per GPU (and a CPU worker) on this node, in the foreground",
+        description="Start one `celery -A tasks.app worker` process per GPU (CUDA_VISIBLE_DEVICES=k, node gpu<k>@host, "
+        "concurrency 1, queue gpu) plus a CPU worker (cpu0@host, queue cpu); on a CPU-only node (--gpus none) CPU "
+        "workers consume both queues. CPU threads are split between the workers. SIGTERM/SIGINT stop them all: "
+        "each running task gets the soft-shutdown window, then goes back on the queue.",
+    )
+    worker.add_argument("--gpus", required=True, help="GPU indices as nvidia-smi numbers them (0,1,2,3), all, or none")
+    worker.add_argument("--queues", help="queues of the GPU workers (CPU-only node: of the CPU workers); default gpu")
+    worker.add_argument(
+        "--cpu-workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="CPU workers: with GPUs 1 (queue cpu) or 0; with --gpus none N workers on gpu,cpu (default 1)",
+    )
+    worker.add_argument("--loglevel", default="info", help="Celery log level (default info)")
+    worker.add_argument("--dry-run", action="store_true", help="print the worker commands; start none")
+    worker.set_defaults(handler=cmd_worker)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """``dialsum worker``."""
+    from tasks import worker
+
+    return worker.main(args)
+
+
+def add_flower_command(commands: argparse._SubParsersAction) -> None:
+    """``dialsum flower`` (see tasks/flower.py)."""
+    flower = commands.add_parser(
+        "flower",
+        help="Flower dashboard on the same broker, with basic auth",
+        description="Run Flower on the broker of DIALSUM_BROKER_URL. Credentials: FLOWER_BASIC_AUTH=user:password from "
+        "the environment, otherwise a generated password printed once.",
+    )
+    flower.add_argument("--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    flower.add_argument("--port", type=int, default=5555, help="port to listen on (default 5555)")
+    flower.add_argument(
+        "--no-auth-on-loopback",
+        action="store_true",
+        help="no authentication at all; only with a loopback --address (127.0.0.0/8 or ::1)",
+    )
+    flower.set_defaults(handler=cmd_flower)
+
+
+def cmd_flower(args: argparse.Namespace) -> int:
+    """``dialsum flower``."""
+    from tasks import flower
+
+    return flower.main(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dialsum`` console script."""
+    return library_cli.main(argv, parser=build_parser())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

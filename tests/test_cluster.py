@@ -1,0 +1,243 @@
+"""The distributed pipeline end to end: a real redis-server, real `dialsum worker` processes, real Flower.
+
+One cluster (redis + two CPU workers consuming both queues + Flower) is started for the module;
+runs use the micro config, so each trains a real tiny model in seconds.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, RedisServer, free_port, micro_config_dict
+
+pytestmark = pytest.mark.slow
+
+
+def _stop(process: subprocess.Popen, timeout: float = 60) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+def _celery(env: dict, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "tasks.app", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, sample_dir):
+    directory = tmp_path_factory.mktemp("cluster")
+    redis = RedisServer(directory).start()
+    # A short soft-shutdown window keeps teardown fast; production keeps 30 s to reach a checkpoint.
+    env = {
+        **os.environ,
+        "DIALSUM_BROKER_URL": redis.url,
+        "FLOWER_BASIC_AUTH": "admin:s3cret",
+        "DIALSUM_SOFT_SHUTDOWN_TIMEOUT": "2",
+    }
+    log = open(directory / "workers.log", "w")
+    workers = subprocess.Popen(
+        [sys.executable, "-m", "tasks.cli", "worker", "--gpus", "none", "--cpu-workers", "2"],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    flower_port = free_port()
+    flower = subprocess.Popen(
+        [sys.executable, "-m", "tasks.cli", "flower", "--port", str(flower_port)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            answer = _celery(env, "inspect", "ping", "--timeout", "3")
+            if "cpu0@" in answer and "cpu1@" in answer:
+                break
+            time.sleep(1)
+        else:
+            pytest.fail(f"workers did not answer ping; log:\n{(directory / 'workers.log').read_text()[-3000:]}")
+        os.environ["DIALSUM_BROKER_URL"] = redis.url
+        from tasks.client import PipelineClient
+
+        client = PipelineClient(redis.url)
+        yield {
+            "client": client,
+            "redis": redis,
+            "env": env,
+            "flower": f"http://127.0.0.1:{flower_port}",
+            "config": micro_config_dict(sample_dir, directory / "artifacts"),
+            "dir": directory,
+        }
+    finally:
+        _stop(flower)
+        _stop(workers)
+        log.close()
+        redis.stop()
+
+
+def _config(cluster, seed: int | None = None, **training) -> dict:
+    config = copy.deepcopy(cluster["config"])
+    config["training"].update(training)
+    if seed is not None:
+        config["general"]["seed"] = seed
+    return config
+
+
+def test_run_through_broker_passes_all_stages_on_their_queues(cluster):
+    handle = cluster["client"].submit(_config(cluster))
+    manifest = handle.wait(timeout=300, progress=False)
+
+    assert manifest["status"] == "completed"
+    expected_queues = {"prepare_data": "cpu", "train": "gpu", "evaluate": "cpu", "generate_predictions": "gpu"}
+    assert {stage: record["queue"] for stage, record in manifest["stages"].items()} == expected_queues
+    assert all(record["worker"].split("@")[0] in ("cpu0", "cpu1") for record in manifest["stages"].values())
+    run = Path(manifest["run_dir"])
+    for name in ("model", "metrics.json", "predictions.csv", "predictions.jsonl", "manifest.json", "config.yaml"):
+        assert (run / name).exists(), name
+    assert json.loads((run / "manifest.json").read_text())["stages"].keys() == expected_queues.keys()
+    assert handle.status()["stage_states"] == dict.fromkeys(expected_queues, "SUCCESS")
+
+    # Resubmitting the same config finds every stage done and trains nothing again.
+    again = cluster["client"].submit(_config(cluster)).wait(timeout=120, progress=False)
+    assert again["stages"]["train"]["finished_at"] == manifest["stages"]["train"]["finished_at"]
+
+    # Flower lists the run's four stage tasks with their states, with the credentials and only with them.
+    tasks = _flower_json(cluster, "/api/tasks")
+    states = {tasks[task_id]["name"]: tasks[task_id]["state"] for task_id in handle.status()["task_ids"]}
+    assert states == {f"dialsum.{stage}": "SUCCESS" for stage in expected_queues}
+    workers = _flower_json(cluster, "/api/workers?refresh=true")
+    assert {name.split("@")[0] for name in workers} >= {"cpu0", "cpu1"}
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(cluster["flower"] + "/api/workers", timeout=10)
+    assert refused.value.code == 401
+
+
+def _flower_json(cluster, path: str) -> dict:
+    token = base64.b64encode(b"admin:s3cret").decode()
+    request = urllib.request.Request(cluster["flower"] + path, headers={"Authorization": f"Basic {token}"})
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return json.loads(response.read())
+        except (urllib.error.URLError, ConnectionError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+def test_two_runs_train_at_the_same_time_on_two_workers(cluster):
+    first = cluster["client"].submit(_config(cluster, max_steps=40, seed=1))
+    second = cluster["client"].submit(_config(cluster, max_steps=40, seed=2))
+    manifests = [first.wait(timeout=400, progress=False), second.wait(timeout=400, progress=False)]
+    trains = [manifest["stages"]["train"] for manifest in manifests]
+    assert trains[0]["worker"] != trains[1]["worker"]
+    assert trains[0]["started_at"] < trains[1]["finished_at"] and trains[1]["started_at"] < trains[0]["finished_at"]
+
+
+def test_cancel_stops_a_running_train_within_10_seconds_and_keeps_its_checkpoint(cluster):
+    config = _config(
+        cluster, max_steps=5000, save_steps=4, save_total_limit=2, eval_strategy="no", load_best_model_at_end=False
+    )
+    handle = cluster["client"].submit(config)
+    deadline = time.monotonic() + 180
+    while (handle.status().get("progress") or {}).get("step", 0) < 6:
+        assert time.monotonic() < deadline, handle.status()
+        time.sleep(0.5)
+    cancelled_at = time.monotonic()
+    handle.cancel()
+    while handle.status()["status"] != "cancelled":
+        assert time.monotonic() - cancelled_at < 10, handle.status()
+        time.sleep(0.2)
+    status = handle.status()
+    assert "cancelled at step" in status["error"]
+    checkpoints = Path(status["run_dir"]) / "checkpoints"
+    assert list(checkpoints.glob("checkpoint-*/trainer_state.json"))
+    with pytest.raises(Exception, match="cancelled"):
+        handle.wait(timeout=5, progress=False)
+
+
+def test_bad_config_is_refused_before_anything_is_enqueued(cluster):
+    import redis
+
+    from pipeline.config import ConfigError
+
+    connection = redis.Redis.from_url(cluster["redis"].url)
+    before = {key for key in connection.keys("dialsum:run:*")}
+    config = _config(cluster)
+    config["model"]["archtecture"] = "bart"
+    with pytest.raises(ConfigError, match=r"model\.archtecture.*did you mean 'architecture'"):
+        cluster["client"].submit(config)
+    assert connection.llen("gpu") == 0 and connection.llen("cpu") == 0
+    assert {key for key in connection.keys("dialsum:run:*")} == before
+
+
+def test_celery_inspect_registered_lists_the_stage_tasks(cluster):
+    output = _celery(cluster["env"], "inspect", "registered", "--timeout", "5")
+    for stage in ("prepare_data", "train", "evaluate", "generate_predictions"):
+        assert f"dialsum.{stage}" in output
+
+
+def test_cli_submit_wait_and_status(cluster):
+    config_path = cluster["dir"] / "cli.yaml"
+    from pipeline.config import ConfigManager
+
+    ConfigManager().save_config(_config(cluster, seed=7), config_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "tasks.cli", "submit", "--config", str(config_path), "--wait"],
+        cwd=REPO,
+        env=cluster["env"],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    run_id = result.stdout.splitlines()[0]
+    assert "ROUGE-1" in result.stdout and "queue=gpu" in result.stdout
+    status = subprocess.run(
+        [sys.executable, "-m", "tasks.cli", "status"],
+        cwd=REPO,
+        env=cluster["env"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run_id in status.stdout and "completed" in status.stdout
+    unknown = subprocess.run(
+        [sys.executable, "-m", "tasks.cli", "status", "run-nope"],
+        cwd=REPO,
+        env=cluster["env"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert unknown.returncode == 2 and "no run 'run-nope'" in unknown.stderr
