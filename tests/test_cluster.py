@@ -232,6 +232,17 @@ def test_cli_submit_wait_and_status(cluster):
         timeout=60,
     )
     assert run_id in status.stdout and "completed" in status.stdout
+    # `dialsum run --broker` submits the same config and follows it; every stage is already done.
+    rerun = subprocess.run(
+        [sys.executable, "-m", "tasks.cli", "run", "--config", str(config_path), "--broker", cluster["redis"].url],
+        cwd=REPO,
+        env=cluster["env"],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"run {run_id} submitted" in rerun.stdout and "ROUGE-1" in rerun.stdout
     unknown = subprocess.run(
         [sys.executable, "-m", "tasks.cli", "status", "run-nope"],
         cwd=REPO,

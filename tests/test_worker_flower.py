@@ -269,8 +269,6 @@ def test_worker_serves_the_stages_and_stops_on_sigterm(redis_server, tmp_path):
     try:
         assert "pong" in wait_for_ping(node("cpu0"), env, launcher, log)
         registered = inspect("registered", env, node("cpu0"))
-        if not (REPO / "tasks" / "stages.py").exists():
-            pytest.skip("tasks/stages.py is not written yet")
         assert all(name in registered for name in STAGES), registered
 
         workers = processes_with(marker) - {launcher.pid, os.getpid()}
@@ -280,7 +278,8 @@ def test_worker_serves_the_stages_and_stops_on_sigterm(redis_server, tmp_path):
         assert time.monotonic() - started < 40
         assert not processes_with(marker) & workers, log.read_text()
         text = log.read_text()
-        assert "Soft Shutdown" in text and "cpu0@%h stopped" in text
+        # SIGTERM is remapped to Celery's cold shutdown (an idle worker skips the soft-shutdown wait).
+        assert "Cold shutdown" in text and "cpu0@%h stopped" in text
     finally:
         cleanup([launcher], marker)
 
