@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import content_hash, datasets_dir, file_sha256
+from pipeline.artifacts import content_hash, datasets_dir, file_lock, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -301,8 +301,6 @@ def prepare_datasets(
     Returns:
         The prepared data, its cache directory and truncation statistics.
     """
-    from datasets import Dataset, DatasetDict, load_from_disk  # heavy import, only when preparing
-
     columns = columns or Columns()
     max_samples = max_samples or {}
     paths = {split: Path(path) for split, path in split_files.items() if path is not None}
@@ -318,6 +316,24 @@ def prepare_datasets(
     }
     fingerprint = dataset_fingerprint(paths, preprocessing, tokenizer_fingerprint(tokenizer))
     directory = datasets_dir(artifact_root) / fingerprint
+    # Workers preparing the same fingerprint at once (trials of a sweep) queue here: the first
+    # tokenizes, the others find its result.
+    with file_lock(directory.parent / f".{fingerprint}.lock"):
+        return _load_or_build(paths, tokenizer, directory, fingerprint, preprocessing, columns, max_samples)
+
+
+def _load_or_build(
+    paths: dict[str, Path],
+    tokenizer: Any,
+    directory: Path,
+    fingerprint: str,
+    preprocessing: dict[str, Any],
+    columns: Columns,
+    max_samples: dict[str, int | None],
+) -> PreparedData:
+    from datasets import Dataset, DatasetDict, load_from_disk
+
+    encoder_max_len, decoder_max_len = preprocessing["encoder_max_len"], preprocessing["decoder_max_len"]
     meta_path = directory / PREPARE_META_FILE
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -327,7 +343,9 @@ def prepare_datasets(
     splits, stats = {}, {}
     for split, path in paths.items():
         table = first_n(read_competition_csv(path, columns, require_summary=split != "test"), max_samples.get(split))
-        split_columns, stats[split] = tokenize_table(table, tokenizer, prefix, encoder_max_len, decoder_max_len)
+        split_columns, stats[split] = tokenize_table(
+            table, tokenizer, preprocessing["prefix"], encoder_max_len, decoder_max_len
+        )
         dataset = Dataset.from_dict(split_columns)
         if split == "validation":
             # Longest first: evaluation batches are then dense (little padding) and an

@@ -146,6 +146,7 @@ def train_stage(manifest: dict[str, Any], resume: str | None = "auto", callbacks
     """Train (resuming from this run's latest checkpoint by default) and save ``model/``."""
     started = time.perf_counter()
     trainer = _trainer_for(manifest)
+    trainer.sweep_info = manifest.get("sweep")
     trainer.initialize_components()
     for callback in callbacks or []:
         trainer.trainer.add_callback(callback)

@@ -246,6 +246,8 @@ class DialogueSummarizationTrainer:
         self.prepared_dataset_dir: Path | None = None
         self.dataset_fingerprint: str | None = None
         self.data_stats: dict[str, dict[str, int]] = {}
+        # Set for sweep trials: W&B groups the trial's run by sweep and records its parameters.
+        self.sweep_info: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------- properties
     @property
@@ -481,7 +483,11 @@ class DialogueSummarizationTrainer:
         self._config = self._config_manager.validate(self._config)  # the user may have edited it
         checkpoint = self._resolve_checkpoint(resume_from_checkpoint)
         self._write_run_config()
-        self._experiment_id = self._tracker.start_experiment(self.experiment_name, self._config, run_id=self.run_id)
+        tracked_config = {**self._config, "sweep": self.sweep_info} if self.sweep_info else self._config
+        group = self.sweep_info["sweep_id"] if self.sweep_info else None
+        self._experiment_id = self._tracker.start_experiment(
+            self.experiment_name, tracked_config, run_id=self.run_id, group=group
+        )
         self.history = []
         if checkpoint:
             self.history.append({"event": "resume", "checkpoint": str(checkpoint)})

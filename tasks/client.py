@@ -93,7 +93,7 @@ class RunHandle:
                     bar.refresh()
                 if record["status"] == "completed":
                     return app.AsyncResult(record["task_ids"][-1]).get(timeout=30)
-                if record["status"] in ("failed", "cancelled"):
+                if record["status"] in ("failed", "cancelled", "pruned"):
                     raise RunFailed(self.id, record["status"], record.get("error", ""))
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError(
@@ -134,6 +134,8 @@ class PipelineClient:
         config_or_path: str | Path | dict[str, Any],
         overrides: list[str] | None = None,
         experiment_name: str | None = None,
+        sweep: dict[str, Any] | None = None,
+        on_submit=None,
     ) -> RunHandle:
         """Validate the config, then enqueue the four stages as one chain.
 
@@ -144,6 +146,8 @@ class PipelineClient:
             config_or_path: A config YAML path or a config dict.
             overrides: ``["training.learning_rate=3e-5", ...]``.
             experiment_name: The experiment (default: ``experiment.name``).
+            sweep: ``{"sweep_id", "trial_id", "params"}`` when the run is a sweep trial (W&B grouping).
+            on_submit: Called with the run id before anything is enqueued (sweeps link trials to runs).
 
         Returns:
             The run's handle.
@@ -157,7 +161,11 @@ class PipelineClient:
         else:
             config = manager.validate(apply_overrides(config_or_path, overrides or []))
         manifest = new_manifest(config, experiment_name)
+        if sweep:
+            manifest["sweep"] = sweep
         run_id = manifest["run_id"]
+        if on_submit is not None:
+            on_submit(run_id)
         existing = read_run(run_id)
         if existing is not None and existing["status"] in ACTIVE_STATUSES:
             return RunHandle(self, run_id)
@@ -187,6 +195,38 @@ class PipelineClient:
         handle._record()
         return handle
 
+    def submit_sweep(
+        self,
+        base_config: str | Path | dict[str, Any],
+        sweep_config: str | Path | dict[str, Any],
+        parallel: int = 1,
+        overrides: list[str] | None = None,
+    ) -> SweepHandle:
+        """Validate a W&B-format sweep against the base config, store it, and submit its first trials.
+
+        The client may exit right after: each trial that ends advances the sweep on a worker.
+
+        Args:
+            base_config: The pipeline config (path or dict) every trial starts from.
+            sweep_config: The W&B sweep config (path or dict): method, metric, parameters, early_terminate, run_cap.
+            parallel: How many trials run at once.
+            overrides: ``--set`` style overrides of the base config.
+
+        Raises:
+            SweepConfigError, ConfigError: Invalid sweep or base config; nothing was enqueued.
+        """
+        return _submit_sweep(self, base_config, sweep_config, parallel, overrides)
+
+    def get_sweep(self, sweep_id: str) -> SweepHandle:
+        """The handle of a stored sweep (KeyError naming the id when there is none)."""
+        handle = SweepHandle(self, sweep_id)
+        handle.status()
+        return handle
+
+    def list_sweeps(self) -> list[dict[str, Any]]:
+        """Every sweep's status, oldest first."""
+        return _list_sweeps()
+
     def list_runs(self) -> list[dict[str, Any]]:
         """Every run's record (``run_id``, ``status``, ``stage``, ``experiment``, ...), oldest first."""
         records = []
@@ -195,3 +235,101 @@ class PipelineClient:
             if record is not None:
                 records.append({"run_id": run_id, **record})
         return records
+
+
+class SweepHandle:
+    """A submitted sweep: its id, status, leaderboard, best trial, wait and cancel."""
+
+    def __init__(self, client: PipelineClient, sweep_id: str):
+        self._client = client
+        self.id = sweep_id
+
+    def __repr__(self) -> str:
+        return f"SweepHandle({self.id!r})"
+
+    def status(self) -> dict[str, Any]:
+        """``status`` (running | finished | cancelled), trial counts by status, ``best_trial``."""
+        from tasks.sweeps import read_sweep, read_trials
+
+        state = read_sweep(self.id)
+        counts: dict[str, int] = {}
+        for trial in read_trials(self.id):
+            counts[trial["status"]] = counts.get(trial["status"], 0) + 1
+        return {"sweep_id": self.id, "status": state["status"], "trials": counts, "best_trial": state.get("best_trial")}
+
+    def trials(self) -> list[dict[str, Any]]:
+        """Every trial: params, status, metric, curve, run id, worker."""
+        from tasks.sweeps import read_trials
+
+        return read_trials(self.id)
+
+    def leaderboard(self) -> list[dict[str, Any]]:
+        """Trials ranked by the sweep metric, best first (see ``pipeline.report.leaderboard``)."""
+        from pipeline.report import leaderboard
+
+        from tasks.sweeps import read_sweep, read_trials, sweep_summary
+
+        return leaderboard(sweep_summary(read_sweep(self.id)), read_trials(self.id))
+
+    def best(self) -> dict[str, Any] | None:
+        """The best finished trial's leaderboard row, or None."""
+        return next((row for row in self.leaderboard() if row["rank"] == 1 and row["status"] == "finished"), None)
+
+    def wait(
+        self, timeout: float | None = None, progress: bool = True, poll_seconds: float = 1.0
+    ) -> list[dict[str, Any]]:
+        """Block until the sweep ends; returns the leaderboard. TimeoutError after ``timeout`` seconds."""
+        from tqdm.auto import tqdm
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with tqdm(desc=f"sweep {self.id}", unit="trial", disable=not progress) as bar:
+            while True:
+                status = self.status()
+                bar.n = sum(count for state, count in status["trials"].items() if state not in ("queued", "running"))
+                bar.set_postfix(status["trials"])
+                if status["status"] != "running":
+                    return self.leaderboard()
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"sweep {self.id} still running after {timeout}s: {status['trials']}")
+                time.sleep(poll_seconds)
+
+    def cancel(self) -> None:
+        """Stop the sweep: no new trials; running trials are cancelled (their checkpoints kept)."""
+        from tasks.state import redis_client
+        from tasks.sweeps import LOCK_KEY, SWEEP_KEY, finish_sweep, read_trials
+
+        with redis_client().lock(LOCK_KEY.format(self.id), timeout=120, blocking_timeout=120):
+            redis_client().hset(SWEEP_KEY.format(self.id), "status", "cancelling")
+        for trial in read_trials(self.id):
+            if trial["status"] in ACTIVE_STATUSES and trial.get("run_id"):
+                RunHandle(self._client, trial["run_id"]).cancel()
+        finish_sweep(self.id, "cancelled")
+
+
+def _submit_sweep(client: PipelineClient, base_config, sweep_config, parallel: int, overrides) -> SweepHandle:
+    from pipeline.sweep import load_sweep_config, parse_sweep_config
+
+    from tasks.sweeps import advance_sweep, create_sweep
+
+    if not isinstance(parallel, int) or parallel < 1:
+        raise ValueError(f"parallel must be an integer >= 1, got {parallel!r}")
+    manager = ConfigManager()
+    if isinstance(base_config, (str, Path)):
+        base = manager.load_config(base_config, overrides=overrides)
+    else:
+        base = manager.validate(apply_overrides(base_config, overrides or []))
+    if isinstance(sweep_config, (str, Path)):
+        spec = load_sweep_config(sweep_config, base)
+    else:
+        spec = parse_sweep_config(sweep_config, base)
+    from pipeline.lifecycle import absolute_paths
+
+    sweep_id = create_sweep(spec.to_dict(), absolute_paths(base), parallel)
+    advance_sweep(sweep_id)  # the first `parallel` trials; every trial that ends enqueues the next
+    return SweepHandle(client, sweep_id)
+
+
+def _list_sweeps() -> list[dict[str, Any]]:
+    from tasks.sweeps import list_sweep_ids
+
+    return [SweepHandle(None, sweep_id).status() for sweep_id in list_sweep_ids()]

@@ -20,6 +20,7 @@ from celery import signals
 
 from tasks.app import app, max_deliveries, stage_time_limit
 from tasks.state import cancel_requested, count_delivery, write_run
+from tasks.sweeps import on_trial_event, prune_requested, record_evaluation
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,14 @@ _STAGE_OUTPUT = {
 
 class RedeliveryLimitExceeded(RuntimeError):
     """The task was delivered more often than ``DIALSUM_MAX_DELIVERIES``: its worker died each time."""
+
+
+@signals.worker_init.connect
+def _preload_libraries(**_: Any) -> None:
+    # Every task gets a fresh pool child (max_tasks_per_child=1), and importing torch + transformers
+    # costs 8-11 s. Importing them once in the worker's parent lets each forked child start with them
+    # loaded. Importing does not initialize CUDA (only using a device does), so the parent stays CUDA-free.
+    import pipeline.trainer  # noqa: F401
 
 
 @signals.worker_process_init.connect
@@ -74,6 +83,8 @@ def _progress_reporter(task, run_id: str):
         task.update_state(state="PROGRESS", meta=meta)
         task.send_event("task-progress", run_id=run_id, **meta)
         write_run(run_id, progress=meta)
+        if "eval" in meta:
+            record_evaluation(run_id, meta["step"], meta["eval"])
 
     return report
 
@@ -91,41 +102,54 @@ def run_stage(task, stage: str, manifest: Any) -> dict[str, Any]:
             f"{stage} of run {run_id} was delivered {deliveries} times and its worker died each time "
             f"(killed, or out of host memory); giving up after DIALSUM_MAX_DELIVERIES={max_deliveries()}"
         )
-        write_run(run_id, status="failed", stage=stage, error=reason)
+        _mark_ended(manifest, stage, "failed", reason)
         raise RedeliveryLimitExceeded(reason)
     stored = stored_result(manifest, stage)
     if stored is not None:
         logger.info("%s of run %s already done; returning the stored result", stage, run_id)
-        _mark_done(run_id, stage)
+        stored["sweep"] = manifest.get("sweep")
+        _mark_done(stored, stage)
         return stored
     if cancel_requested(run_id):
-        write_run(run_id, status="cancelled", stage=stage)
+        _mark_ended(manifest, stage, "cancelled", f"cancelled before {stage} started")
         raise RunCancelled(f"run {run_id} was cancelled before {stage} started")
 
     queue = (task.request.delivery_info or {}).get("routing_key")
     set_stage_context(worker=task.request.hostname, queue=queue)
     write_run(run_id, status="running", stage=stage, worker=task.request.hostname or "")
     function = STAGE_FUNCTIONS[stage]
+    if stage == "train":
+        on_trial_event(manifest, "running")
     try:
         if stage == "train":
             control = StageControlCallback(
-                report=_progress_reporter(task, run_id), should_cancel=lambda: cancel_requested(run_id)
+                report=_progress_reporter(task, run_id),
+                should_cancel=lambda: cancel_requested(run_id) or prune_requested(run_id),
             )
             result = function(manifest, resume="auto", callbacks=[control])
         else:
             result = function(manifest)
     except RunCancelled as error:
-        write_run(run_id, status="cancelled", stage=stage, error=str(error))
+        _mark_ended(manifest, stage, "pruned" if prune_requested(run_id) else "cancelled", str(error))
         raise
     except Exception as error:
-        write_run(run_id, status="failed", stage=stage, error=f"{type(error).__name__}: {error}")
+        _mark_ended(manifest, stage, "failed", f"{type(error).__name__}: {error}")
         raise
-    _mark_done(run_id, stage)
+    _mark_done(result, stage)
     return result
 
 
-def _mark_done(run_id: str, stage: str) -> None:
-    write_run(run_id, status="completed" if stage == "generate_predictions" else "running", stage=stage)
+def _mark_done(manifest: dict[str, Any], stage: str) -> None:
+    finished = stage == "generate_predictions"
+    write_run(manifest["run_id"], status="completed" if finished else "running", stage=stage)
+    if finished:
+        on_trial_event(manifest, "finished")
+
+
+def _mark_ended(manifest: dict[str, Any], stage: str, status: str, reason: str) -> None:
+    """A run that will not complete: its record, and the sweep trials waiting for it."""
+    write_run(manifest["run_id"], status=status, stage=stage, error=reason)
+    on_trial_event(manifest, status, reason)
 
 
 def _stage_task(stage: str):

@@ -20,9 +20,10 @@ from tasks.app import app, visibility_timeout
 RUN_KEY = "dialsum:run:{}"
 CANCEL_KEY = "dialsum:cancel:{}"
 DELIVERIES_KEY = "dialsum:deliveries:{}"
+PRUNE_KEY = "dialsum:prune:{}"  # set by hyperband (tasks/sweeps.py)
 RUNS_INDEX = "dialsum:runs"
 ACTIVE_STATUSES = ("queued", "running")
-FINAL_STATUSES = ("completed", "failed", "cancelled")
+FINAL_STATUSES = ("completed", "failed", "cancelled", "pruned")
 # Records outlive a sweep, like the task results.
 _RECORD_TTL = 30 * 24 * 3600
 
@@ -78,8 +79,8 @@ def cancel_requested(run_id: str) -> bool:
 
 
 def clear_cancel(run_id: str) -> None:
-    """Forget an earlier cancel request (a resubmitted run starts clean)."""
-    redis_client().delete(CANCEL_KEY.format(run_id))
+    """Forget earlier cancel and prune requests (a resubmitted run starts clean)."""
+    redis_client().delete(CANCEL_KEY.format(run_id), PRUNE_KEY.format(run_id))
 
 
 def count_delivery(task_id: str) -> int:
