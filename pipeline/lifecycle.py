@@ -128,6 +128,7 @@ def prepare_data_stage(manifest: dict[str, Any]) -> dict[str, Any]:
         started,
         dataset_dir=str(trainer.prepared_dataset_dir),
         fingerprint=trainer.dataset_fingerprint,
+        cache_hit=trainer.dataset_cache_hit,
         stats=trainer.data_stats,
         splits={split: len(datasets[split]) for split in datasets},
     )

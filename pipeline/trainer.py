@@ -246,6 +246,7 @@ class DialogueSummarizationTrainer:
         self.prepared_dataset_dir: Path | None = None
         self.dataset_fingerprint: str | None = None
         self.data_stats: dict[str, dict[str, int]] = {}
+        self.dataset_cache_hit: bool | None = None
         # Set for sweep trials: W&B groups the trial's run by sweep and records its parameters.
         self.sweep_info: dict[str, Any] | None = None
 
@@ -455,6 +456,7 @@ class DialogueSummarizationTrainer:
         self.prepared_dataset_dir = prepared.directory
         self.dataset_fingerprint = prepared.fingerprint
         self.data_stats = prepared.stats
+        self.dataset_cache_hit = prepared.cache_hit
         logger.info("prepared data %s (%s)", prepared.directory, "cache hit" if prepared.cache_hit else "tokenized")
         return prepared.datasets
 

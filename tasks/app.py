@@ -30,6 +30,7 @@ STAGE_QUEUES = {
     "dialsum.train": "gpu",
     "dialsum.evaluate": "cpu",  # ROUGE (Kiwi tokenization) is CPU work
     "dialsum.generate_predictions": "gpu",
+    "dialsum.sweep_advance": "cpu",  # asks the search for the next trial: cheap bookkeeping
 }
 # Hard limits per stage (seconds); the soft limit is 60 s earlier so the stage can fail cleanly.
 STAGE_TIME_LIMITS = {

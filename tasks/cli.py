@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_worker_command(commands)
     add_flower_command(commands)
     add_run_commands(commands)
+    add_sweep_commands(commands)
     return parser
 
 
@@ -180,6 +181,89 @@ def cmd_flower(args: argparse.Namespace) -> int:
     from tasks import flower
 
     return flower.main(args)
+
+
+def add_sweep_commands(commands: argparse._SubParsersAction) -> None:
+    """``dialsum sweep``, ``sweep-status`` and ``report``."""
+    sweep = commands.add_parser(
+        "sweep",
+        help="run a W&B-format sweep across the workers",
+        description="Validate a W&B sweep config against the base config and submit its first --parallel trials. "
+        "The command may exit at once: every trial that ends starts the next one on a worker.",
+    )
+    library_cli._add_config_arguments(sweep)
+    sweep.add_argument("--sweep", required=True, help="W&B sweep YAML (method, metric, parameters, early_terminate)")
+    sweep.add_argument("--parallel", type=int, default=1, help="trials running at once (default 1)")
+    sweep.add_argument("--wait", action="store_true", help="follow the sweep until it ends and print the leaderboard")
+    sweep.add_argument("--broker", help="broker URL (default: DIALSUM_BROKER_URL)")
+    sweep.set_defaults(handler=cmd_sweep)
+
+    status = commands.add_parser("sweep-status", help="a sweep's leaderboard (best first)")
+    status.add_argument("sweep_id", nargs="?", help="a sweep id; all sweeps when omitted")
+    status.add_argument("--broker", help="broker URL")
+    status.set_defaults(handler=cmd_sweep_status)
+
+    report = commands.add_parser("report", help="write a sweep's self-contained HTML report with plots")
+    report.add_argument("sweep_id")
+    report.add_argument("--out", help="HTML file (default: <artifact_root>/sweeps/<id>/report.html)")
+    report.add_argument("--broker", help="broker URL")
+    report.set_defaults(handler=cmd_report)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """``dialsum sweep``."""
+    from pipeline.sweep import describe, load_sweep_config
+    from tasks.client import PipelineClient
+
+    client = PipelineClient(args.broker)
+    handle = client.submit_sweep(args.config, args.sweep, parallel=args.parallel, overrides=args.overrides)
+    from pipeline.config import ConfigManager
+
+    print(describe(load_sweep_config(args.sweep, ConfigManager().load_config(args.config, overrides=args.overrides))))
+    print(f"sweep {handle.id} submitted; follow it with: dialsum sweep-status {handle.id}")
+    if args.wait:
+        from pipeline.report import leaderboard_table
+
+        print(leaderboard_table(handle.wait(progress=True)))
+    return 0
+
+
+def cmd_sweep_status(args: argparse.Namespace) -> int:
+    """``dialsum sweep-status [SWEEP_ID]``."""
+    from pipeline.report import leaderboard_table
+    from tasks.client import PipelineClient
+
+    client = PipelineClient(args.broker)
+    if not args.sweep_id:
+        for status in client.list_sweeps():
+            print(f"{status['sweep_id']:<18}{status['status']:<11}{status['trials']}")
+        return 0
+    handle = client.get_sweep(args.sweep_id)
+    status = handle.status()
+    print(f"sweep {handle.id}: {status['status']}, trials {status['trials']}")
+    print(leaderboard_table(handle.leaderboard()))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``dialsum report SWEEP_ID``."""
+    from pathlib import Path
+
+    from pipeline.artifacts import sweeps_dir
+    from pipeline.report import write_report
+    from tasks.client import PipelineClient
+    from tasks.sweeps import read_sweep, sweep_summary
+
+    handle = PipelineClient(args.broker).get_sweep(args.sweep_id)
+    state = read_sweep(handle.id)
+    out = (
+        Path(args.out)
+        if args.out
+        else sweeps_dir(state["base_config"]["general"]["artifact_root"]) / handle.id / "report.html"
+    )
+    write_report(sweep_summary(state), handle.trials(), out)
+    print(f"report: {out}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

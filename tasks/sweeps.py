@@ -78,16 +78,16 @@ def read_trials(sweep_id: str) -> list[dict[str, Any]]:
     return sorted((json.loads(value) for value in raw.values()), key=lambda trial: trial["index"])
 
 
-def update_trial(sweep_id: str, trial_id: str, **fields: Any) -> dict[str, Any]:
+def update_trial(sweep_id: str, trial_key: str, **fields: Any) -> dict[str, Any]:
     """Merge ``fields`` into a stored trial and return it.
 
     Only the process that owns the trial's current stage writes it, so no lock is needed here.
     """
     key = TRIALS_KEY.format(sweep_id)
     client = redis_client()
-    trial = json.loads(client.hget(key, trial_id) or "{}")
+    trial = json.loads(client.hget(key, trial_key) or "{}")
     trial.update(fields)
-    client.hset(key, trial_id, json.dumps(trial))
+    client.hset(key, trial_key, json.dumps(trial))
     client.expire(key, _TTL)
     return trial
 
@@ -187,10 +187,9 @@ def finish_sweep(sweep_id: str, status: str) -> dict[str, Any] | None:
     Returns:
         The best trial, or None when no trial has the metric.
     """
-    from pipeline.report import leaderboard, write_leaderboard, write_report
-
     from pipeline.artifacts import atomic_write_json, sweeps_dir
     from pipeline.registry import ModelRegistry
+    from pipeline.report import leaderboard, write_leaderboard, write_report
 
     state = read_sweep(sweep_id)
     trials = read_trials(sweep_id)
@@ -289,7 +288,7 @@ def prune_requested(run_id: str) -> bool:
     return redis_client().exists(PRUNE_KEY.format(run_id)) == 1
 
 
-@app.task(name="dialsum.sweep_advance", queue="cpu")
+@app.task(name="dialsum.sweep_advance")
 def advance(sweep_id: str) -> list[str]:
     """Celery task ``dialsum.sweep_advance``: :func:`advance_sweep` on a worker."""
     return advance_sweep(sweep_id)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -128,3 +132,82 @@ def redis_server(tmp_path):
     server = RedisServer(tmp_path).start()
     yield server
     server.stop()
+
+
+def _stop(process: subprocess.Popen, timeout: float = 60) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+def celery_command(env: dict, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "tasks.app", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory, sample_dir):
+    directory = tmp_path_factory.mktemp("cluster")
+    redis = RedisServer(directory).start()
+    # A short soft-shutdown window keeps teardown fast; production keeps 30 s to reach a checkpoint.
+    env = {
+        **os.environ,
+        "DIALSUM_BROKER_URL": redis.url,
+        "FLOWER_BASIC_AUTH": "admin:s3cret",
+        "DIALSUM_SOFT_SHUTDOWN_TIMEOUT": "2",
+    }
+    log = open(directory / "workers.log", "w")
+    workers = subprocess.Popen(
+        [sys.executable, "-m", "tasks.cli", "worker", "--gpus", "none", "--cpu-workers", "2"],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    flower_port = free_port()
+    flower = subprocess.Popen(
+        [sys.executable, "-m", "tasks.cli", "flower", "--port", str(flower_port)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            answer = celery_command(env, "inspect", "ping", "--timeout", "3")
+            if "cpu0@" in answer and "cpu1@" in answer:
+                break
+            time.sleep(1)
+        else:
+            pytest.fail(f"workers did not answer ping; log:\n{(directory / 'workers.log').read_text()[-3000:]}")
+        os.environ["DIALSUM_BROKER_URL"] = redis.url
+        from tasks.client import PipelineClient
+
+        client = PipelineClient(redis.url)
+        yield {
+            "client": client,
+            "redis": redis,
+            "env": env,
+            "flower": f"http://127.0.0.1:{flower_port}",
+            "config": micro_config_dict(sample_dir, directory / "artifacts"),
+            "dir": directory,
+        }
+    finally:
+        _stop(flower)
+        _stop(workers)
+        log.close()
+        redis.stop()
