@@ -20,7 +20,10 @@ from pipeline.config import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG_FILES = sorted((REPO / "config").glob("*.yaml")) + sorted((REPO / "config" / "models").glob("*.yaml"))
+# Pipeline configs; config/sweep_config.yaml is a W&B sweep config, loaded in tests/test_sweep.py.
+CONFIG_FILES = sorted(path for path in (REPO / "config").glob("*.yaml") if path.name != "sweep_config.yaml") + sorted(
+    (REPO / "config" / "models").glob("*.yaml")
+)
 SECTIONS = {
     "experiment",
     "general",
