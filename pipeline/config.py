@@ -25,7 +25,6 @@ import functools
 import operator
 import os
 import re
-import tempfile
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -34,6 +33,8 @@ from types import NoneType, UnionType
 from typing import Any
 
 import yaml
+
+from pipeline.artifacts import atomic_write_text
 
 __all__ = [
     "ARCHITECTURES",
@@ -440,7 +441,7 @@ class PipelineConfig:
         if data is None:
             data = {}
         if not isinstance(data, Mapping):
-            raise ConfigError([f"(top level): expected a mapping of sections, got {_type_name(data)}"], source)
+            raise ConfigError([f"(top level): expected a mapping of sections, got {type_name(data)}"], source)
         config = _build(cls, data, "", problems, bad)
         problems.extend(_cross_field_problems(config, bad))
         if problems:
@@ -509,7 +510,8 @@ def _split_optional(hint: Any) -> tuple[bool, Any]:
     return False, hint
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
+    """How an error message names the type of a config value ('an int', 'a mapping', 'null')."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -527,8 +529,8 @@ def _type_name(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
-def _show(value: Any) -> str:
-    """Render a value the way it would appear in YAML, shortened."""
+def show_value(value: Any) -> str:
+    """Render a value the way it would appear in YAML, shortened, for error messages."""
     if value is None:
         text = "null"
     elif isinstance(value, bool):
@@ -635,16 +637,17 @@ def _check_value(raw: Any, hint: Any, meta: Mapping[str, Any], path: str) -> tup
         if isinstance(raw, bool) and base is str:
             hint_text = "; YAML 1.1 reads unquoted yes/no/on/off as bools, so quote the value"
         return raw, [
-            f"{path}: expected {_describe(base, meta, optional)}, got {_show(raw)} ({_type_name(raw)}){hint_text}"
+            f"{path}: expected {_describe(base, meta, optional)}, got {show_value(raw)} ({type_name(raw)}){hint_text}"
         ]
     if not _range_ok(value, meta):
-        return raw, [f"{path}: expected {_describe(base, meta, optional)}, got {_show(raw)}"]
+        return raw, [f"{path}: expected {_describe(base, meta, optional)}, got {show_value(raw)}"]
     problems = []
     if meta.get("item_pattern"):
         for i, item in enumerate(value):
             if not re.fullmatch(meta["item_pattern"], item):
                 problems.append(
-                    f"{path}[{i}]: expected a token like '#Name#' (matching {meta['item_pattern']}), got {_show(item)}"
+                    f"{path}[{i}]: expected a token like '#Name#' (matching {meta['item_pattern']}), "
+                    f"got {show_value(item)}"
                 )
     return value, problems
 
@@ -679,7 +682,7 @@ def _build(cls: type, data: Mapping[Any, Any], path: str, problems: list[str], b
             if raw is None:  # an empty YAML section (`wandb:`) means "all defaults"
                 continue
             if not isinstance(raw, Mapping):
-                problems.append(f"{key_path}: expected a mapping of {key_path} settings, got {_type_name(raw)}")
+                problems.append(f"{key_path}: expected a mapping of {key_path} settings, got {type_name(raw)}")
                 bad.add(key_path)
                 continue
             kwargs[f.name] = _build(hint, raw, key_path, problems, bad)
@@ -834,7 +837,7 @@ def _group_paths() -> frozenset[str]:
 # --------------------------------------------------------------------------------------------------
 
 
-class _ConfigLoader(yaml.SafeLoader):
+class StrictYamlLoader(yaml.SafeLoader):
     """SafeLoader with YAML 1.2 booleans and no timestamps.
 
     YAML 1.1 reads unquoted ``no``/``yes``/``on``/``off`` as booleans (so ``eval_strategy: no`` would be
@@ -851,29 +854,38 @@ class _ConfigLoader(yaml.SafeLoader):
     }
 
 
-_ConfigLoader.add_implicit_resolver(
+StrictYamlLoader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+# YAML 1.1 reads `1e-5` (no dot) as a string; every number a user writes is meant as a number.
+StrictYamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789")
 )
 
 
-def _parse_yaml(text: str, source: str) -> Any:
-    """Parse one YAML document, reporting syntax errors and duplicate keys as ConfigError."""
-    loader = _ConfigLoader(text)
+def parse_yaml(text: str, source: str, error: type[ConfigError] | Any = None) -> Any:
+    """Parse one YAML document with :class:`StrictYamlLoader`.
+
+    Syntax errors (with line and column) and duplicate keys (PyYAML silently keeps the last) are
+    raised as ``error(problems, source)``: ConfigError by default; the sweep loader passes its own.
+    """
+    error = error or ConfigError
+    loader = StrictYamlLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             return None
         duplicates = list(_duplicate_keys(node, ""))
         if duplicates:
-            raise ConfigError(duplicates, source)
+            raise error(duplicates, source)
         return loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{source}, line {mark.line + 1}, column {mark.column + 1}" if mark else source
         reason = exc.problem or exc.context or "invalid YAML"
-        raise ConfigError([f"{where}: YAML syntax error: {reason}"], source) from None
+        raise error([f"{where}: YAML syntax error: {reason}"], source) from None
     except yaml.YAMLError as exc:
-        raise ConfigError([f"{source}: YAML error: {exc}"], source) from None
+        raise error([f"{source}: YAML error: {exc}"], source) from None
     finally:
         loader.dispose()
 
@@ -924,7 +936,7 @@ def _set_path(config: dict[str, Any], path: str, value: Any) -> str | None:
             child = node[part] = {}
         elif not isinstance(child, dict):
             holder = ".".join(parents[: depth + 1])
-            return f"{path}: cannot set it, {holder!r} holds a value ({_show(child)}), not a section"
+            return f"{path}: cannot set it, {holder!r} holds a value ({show_value(child)}), not a section"
         node = child
     node[leaf] = value
     return None
@@ -954,7 +966,7 @@ def apply_overrides(config: Mapping[str, Any] | None, overrides: list[str] | Non
             continue
         key = ".".join(part.strip() for part in key.split("."))
         try:
-            value = yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader subclass: no object construction
+            value = yaml.load(text, Loader=StrictYamlLoader)  # a SafeLoader subclass: no object construction
         except yaml.YAMLError as exc:
             reason = getattr(exc, "problem", None) or type(exc).__name__
             problems.append(f"{key}: cannot parse the value of override {override!r} as YAML ({reason}); quote it")
@@ -981,10 +993,10 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None
     if not file.exists():
         raise FileNotFoundError(_missing_file_message(file))
     source = str(path)
-    data = _parse_yaml(file.read_text(encoding="utf-8"), source)
+    data = parse_yaml(file.read_text(encoding="utf-8"), source)
     if data is not None and not isinstance(data, Mapping):
         raise ConfigError(
-            [f"(top level): expected a mapping of sections (model:, training:, ...), got {_type_name(data)}"], source
+            [f"(top level): expected a mapping of sections (model:, training:, ...), got {type_name(data)}"], source
         )
     data = apply_overrides(data, overrides)
     return validate_config(data, source=source)
@@ -1002,7 +1014,7 @@ def _missing_file_message(file: Path) -> str:
 
 
 def save_config(config: Mapping[str, Any] | PipelineConfig, path: str | os.PathLike[str]) -> Path:
-    """Write ``config`` as YAML atomically (temp file in the same directory, then ``os.replace``).
+    """Write ``config`` as YAML atomically (``pipeline.artifacts.atomic_write_text``).
 
     The dict is written as given (not validated), in its own key order, with Korean text unescaped.
 
@@ -1010,21 +1022,8 @@ def save_config(config: Mapping[str, Any] | PipelineConfig, path: str | os.PathL
         The path written.
     """
     data = config.to_dict() if isinstance(config, PipelineConfig) else dict(config)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        # mkstemp creates 0600; other users' workers on a shared artifact root must read the file.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    target = atomic_write_text(path, text)
     return target
 
 

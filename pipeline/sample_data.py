@@ -19,12 +19,14 @@ Example:
 from __future__ import annotations
 
 import csv
+import io
 import os
 import pathlib
 import random
 import string
-import tempfile
 from collections.abc import Callable, Sequence
+
+from pipeline.artifacts import atomic_write_text
 
 __all__ = ["generate_dialogues", "write_sample_data"]
 
@@ -571,33 +573,18 @@ def generate_dialogues(n: int, seed: int = 0, split: str = "train") -> list[dict
 
 
 def _write_csv_atomic(path: pathlib.Path, columns: Sequence[str], rows: list[dict[str, str]]) -> None:
-    """Write ``rows`` to ``path`` as CSV via a temporary file and ``os.replace``.
-
-    Readers (or a crashed writer) never see a half-written file: the data only takes the final name once it
-    is complete and flushed.
+    """Write ``rows`` to ``path`` as CSV, atomically (readers never see a half-written file).
 
     Args:
         path: Destination file.
         columns: Header, in order; other keys of the rows are dropped.
         rows: Rows to write.
     """
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # newline="" lets the csv module quote the newlines inside dialogues itself.
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-            handle.flush()
-            os.fsync(handle.fileno())
-        # mkstemp creates the file private (0600); give the result the usual permissions of a data file so
-        # other users (e.g. a worker container) can read it.
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
-    except BaseException:
-        # Also on KeyboardInterrupt: leave no stray temporary file behind.
-        pathlib.Path(tmp_name).unlink(missing_ok=True)
-        raise
+    buffer = io.StringIO(newline="")  # newline="" lets the csv module quote the newlines inside dialogues itself
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
 
 
 def write_sample_data(

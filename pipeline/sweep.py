@@ -59,9 +59,19 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from pipeline.config import ConfigError, ConfigManager, flat_parameter_names, merge_sweep_params
+from pipeline.config import (
+    ConfigError,
+    ConfigManager,
+    flat_parameter_names,
+    merge_sweep_params,
+    parse_yaml,
+)
+from pipeline.config import (
+    show_value as _show,
+)
+from pipeline.config import (
+    type_name as _type_name,
+)
 
 __all__ = [
     "DISTRIBUTIONS",
@@ -445,7 +455,7 @@ def load_sweep_config(path: str | os.PathLike[str], base_config: Mapping[str, An
         where = "" if file.is_absolute() else f" (relative to {os.getcwd()})"
         raise FileNotFoundError(f"sweep config not found: {str(file)!r}{where}")
     source = str(path)
-    data = _parse_yaml(file.read_text(encoding="utf-8"), source)
+    data = parse_yaml(file.read_text(encoding="utf-8"), source, SweepConfigError)
     if not isinstance(data, Mapping):
         raise SweepConfigError(
             [f"(top level): expected a mapping (method:, metric:, parameters:), got {_type_name(data)}"], source
@@ -1307,76 +1317,6 @@ def _space(param: ParamSpec) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# YAML
-# --------------------------------------------------------------------------------------------------
-
-
-class _SweepLoader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 scalars: exponent floats without a dot, only true/false booleans, no dates.
-
-    PyYAML (YAML 1.1) reads ``min: 1e-5`` as the string "1e-5", ``values: [no, steps]`` with a
-    boolean, and ``2024-05-01`` as a date; sweep YAML means none of these.
-    """
-
-    yaml_implicit_resolvers = {
-        first: [
-            (tag, regexp)
-            for tag, regexp in resolvers
-            if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp")
-        ]
-        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
-
-
-_SweepLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-_SweepLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789")
-)
-
-
-def _parse_yaml(text: str, source: str) -> Any:
-    loader = _SweepLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        duplicates = list(_duplicate_keys(node, ""))
-        if duplicates:
-            raise SweepConfigError(duplicates, source)
-        return loader.construct_document(node)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{source}, line {mark.line + 1}, column {mark.column + 1}" if mark else source
-        raise SweepConfigError([f"{where}: YAML syntax error: {exc.problem or exc.context}"], source) from None
-    except yaml.YAMLError as exc:
-        raise SweepConfigError([f"{source}: YAML error: {exc}"], source) from None
-    finally:
-        loader.dispose()
-
-
-def _duplicate_keys(node: yaml.Node, path: str) -> Iterator[str]:
-    # PyYAML keeps the last of two equal keys: a second `parameters:` would silently drop the first.
-    if isinstance(node, yaml.MappingNode):
-        first_line: dict[str, int] = {}
-        for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-            key_path = f"{path}.{key}" if path else str(key)
-            if key is not None and key in first_line:
-                yield (
-                    f"{key_path}: duplicate key at line {key_node.start_mark.line + 1} (first at line"
-                    f" {first_line[key]}); YAML keeps only the last one"
-                )
-            elif key is not None:
-                first_line[key] = key_node.start_mark.line + 1
-            yield from _duplicate_keys(value_node, key_path)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            yield from _duplicate_keys(item, f"{path}[{i}]")
-
-
-# --------------------------------------------------------------------------------------------------
 # Small helpers
 # --------------------------------------------------------------------------------------------------
 
@@ -1454,26 +1394,3 @@ def _did_you_mean(word: str, choices: Sequence[str], known: Sequence[str] | None
     if close:
         return f"; did you mean {close!r}?"
     return f"; known keys: {', '.join(known or choices)}"
-
-
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list | tuple):
-        return "a list"
-    return f"a {type(value).__name__}"
-
-
-def _show(value: Any) -> str:
-    """Render a value the way it would appear in YAML, shortened."""
-    if value is None:
-        text = "null"
-    elif isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, float):
-        text = f"{value:g}"
-    else:
-        text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."

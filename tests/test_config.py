@@ -232,7 +232,7 @@ def test_apply_overrides_returns_new_dict():
     original = {"training": {"learning_rate": 1e-5}}
     result = apply_overrides(original, ["training.learning_rate=2e-5", "general.seed=7"])
     assert original == {"training": {"learning_rate": 1e-5}}
-    assert result == {"training": {"learning_rate": "2e-5"}, "general": {"seed": 7}}
+    assert result == {"training": {"learning_rate": 2e-5}, "general": {"seed": 7}}  # `2e-5` is a number
 
 
 @pytest.mark.parametrize("override", ["training.learning_rate", "=3", "training..learning_rate=1", ".x=1"])
