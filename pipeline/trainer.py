@@ -45,7 +45,6 @@ from transformers.trainer_callback import DefaultFlowCallback, PrinterCallback, 
 
 from pipeline.artifacts import (
     atomic_directory,
-    atomic_write_json,
     atomic_write_text,
     latest_checkpoint,
     run_dir,
@@ -517,13 +516,7 @@ class DialogueSummarizationTrainer:
             "dataset_fingerprint": self.dataset_fingerprint,
             "resumed_from": str(checkpoint or ""),
         }
-        self._registry.register(
-            model_path,
-            {k: v for k, v in final_metrics.items()},
-            self._config,
-            lineage=lineage,
-            name=self.experiment_name,
-        )
+        self._registry.register(model_path, final_metrics, self._config, lineage=lineage, name=self.experiment_name)
         return TrainingResult(
             best_metrics=best_metrics,
             final_metrics=final_metrics,
@@ -775,13 +768,3 @@ def create_trainer(config: str | dict[str, Any], sweep_mode: bool = False) -> Di
     trainer = DialogueSummarizationTrainer(config_dict, sweep_mode=sweep_mode)
     trainer.initialize_components()
     return trainer
-
-
-def save_json(path: str | Path, obj: Any) -> Path:
-    """Atomic JSON write (re-exported for the CLI and tasks)."""
-    return atomic_write_json(path, obj)
-
-
-def elapsed(start: float) -> float:
-    """Seconds since ``start`` (time.perf_counter), rounded for manifests."""
-    return round(time.perf_counter() - start, 3)
