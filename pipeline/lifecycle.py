@@ -45,6 +45,83 @@ def new_manifest(config: dict[str, Any], experiment_name: str | None = None) -> 
     }
 
 
+MANIFEST_KEYS = {"run_id": str, "experiment": str, "run_dir": str, "config": dict, "stages": dict}
+# Keys of stage records that name files; they must stay inside the artifact root.
+_PATH_SUFFIXES = ("_dir", "_path", "_csv", "_jsonl")
+
+
+def validate_manifest(manifest: Any, stage: str, allowed_roots: list[str | Path] | None = None) -> dict[str, Any]:
+    """Check a manifest received from the broker before any stage acts on it.
+
+    A task message can come from anyone who reaches the broker, so nothing in it is trusted: the
+    config is validated, the run id must be the one its config yields (a manifest cannot name
+    someone else's run), the run directory must be the one the config fixes, every file path a
+    stage recorded must lie inside the artifact root, and, when the worker is configured with
+    ``allowed_roots``, every path (artifact root, data files, a local model) must resolve (symlinks
+    followed) inside one of them.
+
+    Raises:
+        ValueError: Naming every problem found (ConfigError for an invalid config).
+    """
+    from pipeline.config import ConfigManager
+
+    if not isinstance(manifest, dict):
+        raise ValueError(
+            f"{stage}: the task argument must be a manifest (a JSON object), got {type(manifest).__name__}"
+        )
+    problems = [
+        f"manifest.{key}: missing or not a {kind.__name__}"
+        for key, kind in MANIFEST_KEYS.items()
+        if not isinstance(manifest.get(key), kind)
+    ]
+    if problems:
+        raise ValueError(f"{stage}: invalid manifest ({'; '.join(problems)}); submit runs with PipelineClient.submit")
+    config = ConfigManager().validate(manifest["config"])
+    expected_id = run_id_for(config)
+    if manifest["run_id"] != expected_id:
+        problems.append(f"manifest.run_id {manifest['run_id']!r} is not its config's run id {expected_id!r}")
+    if manifest["run_dir"] != config["general"]["output_dir"]:
+        problems.append(f"manifest.run_dir {manifest['run_dir']!r} is not config general.output_dir")
+    root = Path(config["general"]["artifact_root"]).resolve()
+    for stage_name, record in manifest["stages"].items():
+        for key, value in record.items() if isinstance(record, dict) else []:
+            if key.endswith(_PATH_SUFFIXES) and isinstance(value, str) and not _inside(Path(value), [root]):
+                problems.append(f"manifest.stages.{stage_name}.{key}: {value!r} is outside the artifact root {root}")
+    if allowed_roots:
+        roots = [Path(r).resolve() for r in allowed_roots]
+        for key, value in _config_paths(config):
+            if not _inside(Path(value), roots):
+                problems.append(
+                    f"config {key}: {value!r} is outside this worker's allowed roots {[str(r) for r in roots]}"
+                )
+    if problems:
+        raise ValueError(f"{stage}: refused manifest: " + "; ".join(problems))
+    return manifest
+
+
+def _config_paths(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """The file paths a config names, as (dotted key, path)."""
+    keys = [
+        ("general", "artifact_root"),
+        ("general", "output_dir"),
+        ("data", "train_path"),
+        ("data", "val_path"),
+        ("data", "test_path"),
+        ("inference", "output_path"),
+    ]
+    paths = [(f"{section}.{key}", config[section][key]) for section, key in keys if config[section].get(key)]
+    checkpoint = config["model"]["checkpoint"]
+    if checkpoint != "scratch" and (checkpoint.startswith((".", "/", "~")) or Path(checkpoint).exists()):
+        paths.append(("model.checkpoint", checkpoint))
+    return paths
+
+
+def _inside(path: Path, roots: list[Path]) -> bool:
+    """Whether ``path`` (relative, ``..`` and symlinks resolved) lies in one of ``roots``."""
+    resolved = path.expanduser().resolve()
+    return any(resolved == root or root in resolved.parents for root in roots)
+
+
 # Who runs stages in this process: the Celery node name and queue when a task set them.
 _stage_context: dict[str, str | None] = {"worker": None, "queue": None}
 

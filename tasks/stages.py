@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -54,15 +55,15 @@ def _configure_child(**_: Any) -> None:
 
 
 def check_manifest(manifest: Any, stage: str) -> dict[str, Any]:
-    """The manifest, if it has the fields every stage relies on; else ValueError naming what is missing."""
-    if not isinstance(manifest, dict):
-        raise ValueError(
-            f"{stage}: the task argument must be a manifest (a JSON object), got {type(manifest).__name__}"
-        )
-    missing = [key for key in ("run_id", "experiment", "run_dir", "config", "stages") if key not in manifest]
-    if missing:
-        raise ValueError(f"{stage}: the manifest lacks {', '.join(missing)}; submit runs with PipelineClient.submit")
-    return manifest
+    """The manifest, if it is safe to act on (``pipeline.lifecycle.validate_manifest``), else ValueError.
+
+    ``DIALSUM_ALLOWED_ROOTS`` (paths separated by ``:``) confines every file a task may touch to
+    those directories: set it on workers that a broker reachable from a network feeds.
+    """
+    from pipeline.lifecycle import validate_manifest
+
+    roots = [root for root in os.environ.get("DIALSUM_ALLOWED_ROOTS", "").split(":") if root]
+    return validate_manifest(manifest, stage, roots or None)
 
 
 def stored_result(manifest: dict[str, Any], stage: str) -> dict[str, Any] | None:
