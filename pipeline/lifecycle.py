@@ -45,6 +45,15 @@ def new_manifest(config: dict[str, Any], experiment_name: str | None = None) -> 
     }
 
 
+# Config keys that name files or directories.
+CONFIG_PATH_KEYS = (
+    ("general", "artifact_root"),
+    ("general", "output_dir"),
+    ("data", "train_path"),
+    ("data", "val_path"),
+    ("data", "test_path"),
+    ("inference", "output_path"),
+)
 MANIFEST_KEYS = {"run_id": str, "experiment": str, "run_dir": str, "config": dict, "stages": dict}
 # Keys of stage records that name files; they must stay inside the artifact root.
 _PATH_SUFFIXES = ("_dir", "_path", "_csv", "_jsonl")
@@ -101,15 +110,9 @@ def validate_manifest(manifest: Any, stage: str, allowed_roots: list[str | Path]
 
 def _config_paths(config: dict[str, Any]) -> list[tuple[str, str]]:
     """The file paths a config names, as (dotted key, path)."""
-    keys = [
-        ("general", "artifact_root"),
-        ("general", "output_dir"),
-        ("data", "train_path"),
-        ("data", "val_path"),
-        ("data", "test_path"),
-        ("inference", "output_path"),
+    paths = [
+        (f"{section}.{key}", config[section][key]) for section, key in CONFIG_PATH_KEYS if config[section].get(key)
     ]
-    paths = [(f"{section}.{key}", config[section][key]) for section, key in keys if config[section].get(key)]
     checkpoint = config["model"]["checkpoint"]
     if checkpoint != "scratch" and (checkpoint.startswith((".", "/", "~")) or Path(checkpoint).exists()):
         paths.append(("model.checkpoint", checkpoint))
@@ -139,15 +142,7 @@ def absolute_paths(config: dict[str, Any], base_dir: str | Path | None = None) -
     """
     config = copy.deepcopy(config)
     base = Path(base_dir or Path.cwd())
-    keys = [
-        ("general", "artifact_root"),
-        ("general", "output_dir"),
-        ("data", "train_path"),
-        ("data", "val_path"),
-        ("data", "test_path"),
-        ("inference", "output_path"),
-    ]
-    for section, key in keys:
+    for section, key in CONFIG_PATH_KEYS:
         value = config[section].get(key)
         if value and not Path(value).is_absolute():
             config[section][key] = str(base / value)
