@@ -75,7 +75,9 @@ app.conf.update(
     task_acks_late=True,
     worker_prefetch_multiplier=1,
     task_reject_on_worker_lost=True,  # requeue when the child dies; tasks/stages.py caps how often
-    broker_transport_options={"visibility_timeout": visibility_timeout()},
+    # kombu scans for expired unacknowledged messages only every 10th 10 s tick by default; scanning
+    # every tick returns a dead worker's message visibility_timeout + ~10 s after it was fetched.
+    broker_transport_options={"visibility_timeout": visibility_timeout(), "unacked_restore_throttle": 1},
     result_backend_transport_options={"visibility_timeout": visibility_timeout()},
     # A fresh child process per task: GPU memory and wandb-core helpers go away with it.
     worker_max_tasks_per_child=1,

@@ -16,6 +16,8 @@ CLUSTER_EPILOG = """cluster:
   dialsum submit --config config/base_config.yaml --wait
   dialsum status [RUN_ID]                         one run, or all runs
   dialsum cancel RUN_ID                           stop a run at the next step; its last checkpoint is kept
+  dialsum sweep --config F --sweep S --parallel 8 W&B-format sweep; sweep-status ID, report ID
+  dialsum metrics --port 9808                     Prometheus metrics: queue depth, runs and trials by state
   every process reads the broker from DIALSUM_BROKER_URL (default redis://127.0.0.1:6379/0)
 """
 
@@ -37,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flower_command(commands)
     add_run_commands(commands)
     add_sweep_commands(commands)
+    add_metrics_command(commands)
     return parser
 
 
@@ -264,6 +267,29 @@ def cmd_report(args: argparse.Namespace) -> int:
     write_report(sweep_summary(state), handle.trials(), out)
     print(f"report: {out}")
     return 0
+
+
+def add_metrics_command(commands: argparse._SubParsersAction) -> None:
+    """``dialsum metrics`` (see tasks/metrics.py)."""
+    metrics = commands.add_parser(
+        "metrics",
+        help="Prometheus metrics of the cluster: queue depth, runs and sweep trials by status",
+        description="Serve /metrics for Prometheus: dialsum_queue_depth{queue}, dialsum_queue_unacked{queue}, "
+        "dialsum_runs{status}, dialsum_trials{status}, dialsum_sweeps{status}, dialsum_broker_up, read from the "
+        "broker (DIALSUM_BROKER_URL) at every scrape.",
+    )
+    metrics.add_argument("--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    metrics.add_argument("--port", type=int, default=9808, help="port to listen on (default 9808)")
+    metrics.add_argument("--broker", help="broker URL (default: DIALSUM_BROKER_URL)")
+    metrics.add_argument("--once", action="store_true", help="print the metrics once to stdout and exit")
+    metrics.set_defaults(handler=cmd_metrics)
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    """``dialsum metrics``."""
+    from tasks import metrics
+
+    return metrics.main(args)
 
 
 def main(argv: list[str] | None = None) -> int:

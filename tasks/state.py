@@ -93,6 +93,7 @@ def count_delivery(task_id: str) -> int:
     client = redis_client()
     with client.pipeline() as pipe:
         pipe.incr(key)
-        pipe.expire(key, 2 * visibility_timeout())
+        # Outlive the redelivery: it comes visibility_timeout after the fetch, plus kombu's scan delay.
+        pipe.expire(key, 2 * visibility_timeout() + 600)
         count, _ = pipe.execute()
     return int(count)
