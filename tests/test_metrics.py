@@ -187,3 +187,37 @@ def test_lcs_and_ngrams_match_rouge_score_on_random_sequences():
         want = _naive_scores("whitespace", reference, prediction)
         for key in KEYS:
             assert scores[key] == pytest.approx(want[key], abs=1e-9)
+
+
+def test_kiwi_cache_gives_the_same_tokens_and_scores_cold_and_warm():
+    kiwi = get_tokenizer("kiwi")
+    predictions = [prediction for _, prediction in PAIRS]
+    references = [[reference, PAIRS[(i + 3) % len(PAIRS)][0]] for i, (reference, _) in enumerate(PAIRS)]
+    kiwi.cache.clear()
+    cold = rouge_per_example(predictions, references)
+    assert kiwi.cache.misses > 0 and kiwi.cache.hits == 0
+    warm = rouge_per_example(predictions, references)
+    assert kiwi.cache.hits > 0
+    assert warm == cold
+    texts = [reference for reference, _ in PAIRS] + [KOREAN, KOREAN]
+    assert kiwi.tokenize_many(texts) == [kiwi.tokenize(text) for text in texts]
+
+
+def test_kiwi_cache_hands_out_copies():
+    kiwi = get_tokenizer("kiwi")
+    first = kiwi.tokenize_many([KOREAN])[0]
+    first.append("changed")
+    assert kiwi.tokenize_many([KOREAN])[0] == kiwi.tokenize(KOREAN)
+
+
+def test_token_cache_is_bounded_least_recently_used():
+    from pipeline.metrics import TokenCache
+
+    cache = TokenCache(maxsize=2)
+    cache.store(["a", "b"], [["a"], ["b"]])
+    assert cache.lookup(["a"]) == [("a",)]  # "a" is now the most recently used
+    cache.store(["c"], [["c"]])
+    assert len(cache) == 2
+    assert cache.lookup(["a", "b", "c"]) == [("a",), None, ("c",)]
+    with pytest.raises(ValueError, match="maxsize"):
+        TokenCache(0)
