@@ -12,6 +12,7 @@ between stages, so a stage can run on another machine that mounts the same artif
 from __future__ import annotations
 
 import copy
+import json
 import platform
 import socket
 import time
@@ -57,6 +58,8 @@ CONFIG_PATH_KEYS = (
 MANIFEST_KEYS = {"run_id": str, "experiment": str, "run_dir": str, "config": dict, "stages": dict}
 # Keys of stage records that name files; they must stay inside the artifact root.
 _PATH_SUFFIXES = ("_dir", "_path", "_csv", "_jsonl")
+# A manifest carries ids, paths, a config and metrics: a few KiB. Anything this large is not one.
+MAX_MANIFEST_BYTES = 1 << 20
 
 
 def validate_manifest(manifest: Any, stage: str, allowed_roots: list[str | Path] | None = None) -> dict[str, Any]:
@@ -64,10 +67,12 @@ def validate_manifest(manifest: Any, stage: str, allowed_roots: list[str | Path]
 
     A task message can come from anyone who reaches the broker, so nothing in it is trusted: the
     config is validated, the run id must be the one its config yields (a manifest cannot name
-    someone else's run), the run directory must be the one the config fixes, every file path a
-    stage recorded must lie inside the artifact root, and, when the worker is configured with
-    ``allowed_roots``, every path (artifact root, data files, a local model) must resolve (symlinks
-    followed) inside one of them.
+    someone else's run), the run directory must be the one the config fixes, the stage records must
+    be objects of known stages whose file paths are strings inside the artifact root (the prepared
+    data) or this run's own directory (model, metrics, predictions: not another run's), and, when
+    the worker is configured with ``allowed_roots``, every path (artifact root, data files, a local
+    model) must resolve (symlinks followed) inside one of them. A manifest over
+    ``MAX_MANIFEST_BYTES`` of JSON is refused before any of this.
 
     Raises:
         ValueError: Naming every problem found (ConfigError for an invalid config).
@@ -77,6 +82,12 @@ def validate_manifest(manifest: Any, stage: str, allowed_roots: list[str | Path]
     if not isinstance(manifest, dict):
         raise ValueError(
             f"{stage}: the task argument must be a manifest (a JSON object), got {type(manifest).__name__}"
+        )
+    size = len(json.dumps(manifest, default=str))
+    if size > MAX_MANIFEST_BYTES:
+        raise ValueError(
+            f"{stage}: refused manifest of {size:,} bytes, over the {MAX_MANIFEST_BYTES:,}-byte limit; a manifest "
+            f"carries ids, paths and a config only: submit runs with PipelineClient.submit"
         )
     problems = [
         f"manifest.{key}: missing or not a {kind.__name__}"
@@ -91,11 +102,7 @@ def validate_manifest(manifest: Any, stage: str, allowed_roots: list[str | Path]
         problems.append(f"manifest.run_id {manifest['run_id']!r} is not its config's run id {expected_id!r}")
     if manifest["run_dir"] != config["general"]["output_dir"]:
         problems.append(f"manifest.run_dir {manifest['run_dir']!r} is not config general.output_dir")
-    root = Path(config["general"]["artifact_root"]).resolve()
-    for stage_name, record in manifest["stages"].items():
-        for key, value in record.items() if isinstance(record, dict) else []:
-            if key.endswith(_PATH_SUFFIXES) and isinstance(value, str) and not _inside(Path(value), [root]):
-                problems.append(f"manifest.stages.{stage_name}.{key}: {value!r} is outside the artifact root {root}")
+    problems.extend(_stage_record_problems(manifest["stages"], manifest["run_dir"], config))
     if allowed_roots:
         roots = [Path(r).resolve() for r in allowed_roots]
         for key, value in _config_paths(config):
@@ -106,6 +113,38 @@ def validate_manifest(manifest: Any, stage: str, allowed_roots: list[str | Path]
     if problems:
         raise ValueError(f"{stage}: refused manifest: " + "; ".join(problems))
     return manifest
+
+
+def _stage_record_problems(stages: dict[str, Any], run_directory: str, config: dict[str, Any]) -> list[str]:
+    """What is wrong with the stage records of a manifest: unknown stages, records that are not objects,
+    file paths that are not strings, lie outside the artifact root, or lie in another run's directory."""
+    problems = []
+    root = Path(config["general"]["artifact_root"]).resolve()
+    own = Path(run_directory).resolve()
+    output = config["inference"]["output_path"]
+    outputs = {output, str(Path(output).with_suffix(".jsonl"))} if output else set()
+    for stage_name, record in stages.items():
+        where = f"manifest.stages.{stage_name}"
+        if stage_name not in STAGES:
+            problems.append(f"{where}: unknown stage; the stages are {', '.join(STAGES)}")
+        if not isinstance(record, dict):
+            problems.append(f"{where}: expected the JSON object a stage records, got {type(record).__name__}")
+            continue
+        for key, value in record.items():
+            if not key.endswith(_PATH_SUFFIXES):
+                continue
+            if not isinstance(value, str):
+                problems.append(f"{where}.{key}: expected a path (a string), got {type(value).__name__}")
+            elif stage_name != "prepare_data" and (_inside(Path(value), [own]) or value in outputs):
+                continue  # this run's own model, checkpoints, metrics or predictions
+            elif not _inside(Path(value), [root]):
+                problems.append(f"{where}.{key}: {value!r} is outside the artifact root {root}")
+            elif stage_name != "prepare_data":
+                problems.append(
+                    f"{where}.{key}: {value!r} is not in this run's directory {run_directory}; "
+                    f"a manifest may only name its own run's files"
+                )
+    return problems
 
 
 def _config_paths(config: dict[str, Any]) -> list[tuple[str, str]]:
@@ -206,24 +245,34 @@ def prepare_data_stage(manifest: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def _load_prepared(manifest: dict[str, Any]):
+def _earlier_record(manifest: dict[str, Any], stage: str, earlier: str, *keys: str) -> dict[str, Any]:
+    """The record ``earlier`` left in the manifest, with ``keys``; else a ValueError naming the missing field."""
+    record = manifest["stages"].get(earlier)
+    missing = [key for key in keys if not isinstance(record, dict) or key not in record]
+    if missing:
+        raise ValueError(
+            f"{stage} of run {manifest['run_id']}: manifest.stages.{earlier}.{missing[0]} is missing: {earlier} has "
+            f"not run; run the stages in order (PipelineClient.submit and dialsum run do)"
+        )
+    return record
+
+
+def _load_prepared(manifest: dict[str, Any], stage: str):
     from datasets import load_from_disk
 
-    prepared = manifest["stages"].get("prepare_data")
-    if not prepared:
-        raise ValueError(f"run {manifest['run_id']}: prepare_data has not run; its manifest has no dataset_dir")
-    return load_from_disk(prepared["dataset_dir"])
+    return load_from_disk(_earlier_record(manifest, stage, "prepare_data", "dataset_dir")["dataset_dir"])
 
 
 def train_stage(manifest: dict[str, Any], resume: str | None = "auto", callbacks: list | None = None) -> dict[str, Any]:
     """Train (resuming from this run's latest checkpoint by default) and save ``model/``."""
     started = time.perf_counter()
+    datasets = _load_prepared(manifest, "train")  # before the trainer writes anything (the scratch tokenizer)
     trainer = _trainer_for(manifest)
     trainer.sweep_info = manifest.get("sweep")
     trainer.initialize_components()
     for callback in callbacks or []:
         trainer.trainer.add_callback(callback)
-    result = trainer.train(_load_prepared(manifest), resume_from_checkpoint=resume)
+    result = trainer.train(datasets, resume_from_checkpoint=resume)
     return _record(
         manifest,
         "train",
@@ -247,10 +296,8 @@ def evaluate_stage(manifest: dict[str, Any]) -> dict[str, Any]:
     (a test file with summaries) are evaluated here.
     """
     started = time.perf_counter()
-    train = manifest["stages"].get("train")
-    if not train:
-        raise ValueError(f"run {manifest['run_id']}: train has not run; there is no model to evaluate")
-    datasets = _load_prepared(manifest)
+    train = _earlier_record(manifest, "evaluate", "train", "model_dir", "final_metrics")
+    datasets = _load_prepared(manifest, "evaluate")
     metrics = {"validation": {f"eval_{key}": value for key, value in train["final_metrics"].items()}}
     labeled = [
         split
@@ -270,10 +317,8 @@ def generate_predictions_stage(manifest: dict[str, Any]) -> dict[str, Any]:
     from pipeline.trainer import write_predictions
 
     started = time.perf_counter()
-    train = manifest["stages"].get("train")
-    if not train:
-        raise ValueError(f"run {manifest['run_id']}: train has not run; there is no model to predict with")
-    datasets = _load_prepared(manifest)
+    train = _earlier_record(manifest, "generate_predictions", "train", "model_dir")
+    datasets = _load_prepared(manifest, "generate_predictions")
     split = "test" if "test" in datasets else "validation"
     trainer = _trainer_for(manifest, model_dir=train["model_dir"])
     predictions = trainer.generate_predictions(datasets[split])

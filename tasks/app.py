@@ -8,6 +8,10 @@ imported, so set them before starting a worker or client):
 variable                        meaning                                               default
 =============================== ===================================================== ==================
 ``DIALSUM_BROKER_URL``          broker and result backend (``redis://``/``rediss://``)  redis://127.0.0.1:6379/0
+                                password: ``redis://:PASSWORD@host:6379/0``;
+                                TLS: ``rediss://:PASSWORD@host:6380/0?``
+                                ``ssl_cert_reqs=required&ssl_ca_certs=ca.pem``
+                                (the CA file; see ``tasks/broker.py``)
 ``DIALSUM_RESULT_BACKEND``      result backend, when it differs from the broker       the broker URL
 ``DIALSUM_VISIBILITY_TIMEOUT``  seconds before Redis hands an unacknowledged task to   172800 (48 h)
                                 another worker; must exceed the longest stage
@@ -23,6 +27,8 @@ import os
 
 from celery import Celery
 from kombu import Queue
+
+from tasks.broker import celery_settings
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 STAGE_QUEUES = {
@@ -63,8 +69,9 @@ def stage_time_limit(stage: str) -> int:
 
 app = Celery("dialsum", include=["tasks.stages"])
 app.conf.update(
-    broker_url=broker_url(),
-    result_backend=os.environ.get("DIALSUM_RESULT_BACKEND", broker_url()),
+    # broker_url and result_backend, plus broker_use_ssl / redis_backend_use_ssl derived from a rediss:// URL: kombu
+    # would skip the certificate check of a bare rediss:// URL, and Flower's queue view reads only broker_use_ssl.
+    **celery_settings(broker_url(), os.environ.get("DIALSUM_RESULT_BACKEND")),
     # JSON only: a pickle message from anyone who can reach the broker would be code execution.
     task_serializer="json",
     result_serializer="json",
@@ -87,9 +94,9 @@ app.conf.update(
     task_track_started=True,
     result_expires=30 * 24 * 3600,  # results outlive a long sweep
     result_extended=True,  # task name, args and queue stored with the result
-    # If the broker connection is lost, running tasks' messages will be redelivered anyway; cancel
-    # them rather than let two workers train the same run.
-    worker_cancel_long_running_tasks_on_connection_loss=True,
+    # A broker restart must not end hours of training: running tasks keep going while the worker
+    # reconnects. Their run leases (tasks/lease.py), not this setting, keep two workers off one run.
+    worker_cancel_long_running_tasks_on_connection_loss=False,
     broker_connection_retry_on_startup=True,
     task_queues=[Queue("gpu"), Queue("cpu")],
     task_default_queue="cpu",

@@ -21,6 +21,7 @@ from celery import chain
 from pipeline.config import ConfigManager, apply_overrides
 from pipeline.lifecycle import STAGES, new_manifest
 from tasks.app import app
+from tasks.broker import celery_settings
 from tasks.state import (
     ACTIVE_STATUSES,
     FINAL_STATUSES,
@@ -126,7 +127,7 @@ class PipelineClient:
 
     def __init__(self, broker_url: str | None = None):
         if broker_url:
-            app.conf.update(broker_url=broker_url, result_backend=broker_url)
+            app.conf.update(**celery_settings(broker_url))
         self.broker_url = app.conf.broker_url
 
     def submit(
@@ -266,7 +267,6 @@ class SweepHandle:
     def leaderboard(self) -> list[dict[str, Any]]:
         """Trials ranked by the sweep metric, best first (see ``pipeline.report.leaderboard``)."""
         from pipeline.report import leaderboard
-
         from tasks.sweeps import read_sweep, read_trials, sweep_summary
 
         return leaderboard(sweep_summary(read_sweep(self.id)), read_trials(self.id))
@@ -308,7 +308,6 @@ class SweepHandle:
 
 def _submit_sweep(client: PipelineClient, base_config, sweep_config, parallel: int, overrides) -> SweepHandle:
     from pipeline.sweep import load_sweep_config, parse_sweep_config
-
     from tasks.sweeps import advance_sweep, create_sweep
 
     if not isinstance(parallel, int) or parallel < 1:

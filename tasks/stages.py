@@ -11,16 +11,20 @@ from the run's latest checkpoint.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
+import redis
 from celery import signals
+from celery.exceptions import Ignore
 
 from tasks.app import app, max_deliveries, stage_time_limit
-from tasks.state import cancel_requested, count_delivery, write_run
+from tasks.lease import Lease, clear_active, register_active, start_reaper
+from tasks.state import FINAL_STATUSES, cancel_requested, count_delivery, read_run, redis_client, write_run
 from tasks.sweeps import on_trial_event, prune_requested, record_evaluation
 
 logger = logging.getLogger(__name__)
@@ -44,6 +48,29 @@ def _preload_libraries(**_: Any) -> None:
     # costs 8-11 s. Importing them once in the worker's parent lets each forked child start with them
     # loaded. Importing does not initialize CUDA (only using a device does), so the parent stays CUDA-free.
     import pipeline.trainer  # noqa: F401
+
+    # Celery runs gc.collect() in this parent before forking each pool child (celery/celery#2927); with torch and
+    # transformers loaded that walks ~440k objects, ~0.2 s before every task. Frozen objects are never collected,
+    # which is right for a parent that only forks, and their pages are not dirtied in the children either.
+    gc.freeze()
+
+
+@signals.worker_ready.connect
+def _start_lease_reaper(**_: Any) -> None:
+    # In the worker's parent process: it outlives the pool children, so a run whose whole worker died elsewhere is
+    # re-enqueued by whichever worker is still alive (tasks/lease.py).
+    start_reaper(redis_client, republish)
+
+
+def republish(message: dict[str, Any]) -> None:
+    """Send a stage message again as it was: same task, id, manifest, rest of the chain and queue."""
+    app.send_task(
+        message["task"],
+        args=(message["manifest"],),
+        task_id=message["task_id"],
+        chain=message.get("chain"),
+        queue=message.get("queue"),
+    )
 
 
 @signals.worker_process_init.connect
@@ -80,22 +107,101 @@ def stored_result(manifest: dict[str, Any], stage: str) -> dict[str, Any] | None
 
 def _progress_reporter(task, run_id: str):
     def report(meta: dict[str, Any]) -> None:
-        # The result backend feeds the client's progress bar; events feed Flower.
-        task.update_state(state="PROGRESS", meta=meta)
-        task.send_event("task-progress", run_id=run_id, **meta)
-        write_run(run_id, progress=meta)
-        if "eval" in meta:
-            record_evaluation(run_id, meta["step"], meta["eval"])
+        # The result backend feeds the client's progress bar; events feed Flower. Progress is best effort: a broker
+        # that restarts must not end hours of training.
+        try:
+            task.update_state(state="PROGRESS", meta=meta)
+            task.send_event("task-progress", run_id=run_id, **meta)
+            write_run(run_id, progress=meta)
+            if "eval" in meta:
+                record_evaluation(run_id, meta["step"], meta["eval"])
+        except Exception as error:  # noqa: BLE001 (any broker or backend error)
+            logger.warning("progress of run %s not reported: %s", run_id, error)
 
     return report
 
 
+def _stop_requested(run_id: str, lease: Lease) -> bool:
+    if lease.lost.is_set():
+        return True
+    try:
+        return cancel_requested(run_id) or prune_requested(run_id)
+    except redis.RedisError:  # broker away for a moment: keep training; the lease decides if it is for too long
+        return False
+
+
+def stale_delivery(record: dict[str, Any] | None, stage: str, task_id: str) -> str | None:
+    """Why this delivery of ``stage`` must be dropped, or None when it may run.
+
+    A message comes back long after its first delivery (Redis restores an unacknowledged message after the
+    visibility timeout; the lease reaper may have re-published it meanwhile): by then the run may have been
+    resubmitted, moved on to a later stage, or ended.
+    """
+    from pipeline.lifecycle import STAGES
+
+    if record is None:
+        return None
+    task_ids = record.get("task_ids") or []
+    if task_ids and task_id not in task_ids:
+        return "the run was resubmitted since; this is a message of its earlier submission"
+    if record.get("status") in FINAL_STATUSES:
+        return f"the run is {record['status']} already"
+    current = record.get("stage")
+    if current in STAGES and STAGES.index(current) > STAGES.index(stage):
+        return f"the run is at {current} already"
+    return None
+
+
 def run_stage(task, stage: str, manifest: Any) -> dict[str, Any]:
     """Everything a stage task does around the pipeline function ``stage``."""
+    manifest = check_manifest(manifest, stage)
+    run_id = manifest["run_id"]
+    task_id = task.request.id
+    why = stale_delivery(read_run(run_id), stage, task_id)
+    if why:
+        logger.warning("dropping %s of run %s (task %s): %s", stage, run_id, task_id, why)
+        raise Ignore()
+    lease = Lease(redis_client(), run_id, stage, task_id, task.request.hostname or "")
+    holder = lease.acquire()
+    if holder is not None:
+        logger.warning(
+            "dropping %s of run %s (task %s): %s on %s (pid %s) works on that run; if it dies, the lease reaper "
+            "re-enqueues it",
+            stage,
+            run_id,
+            task_id,
+            holder.get("stage"),
+            holder.get("node"),
+            holder.get("pid"),
+        )
+        raise Ignore()
+    try:
+        register_active(
+            redis_client(),
+            run_id,
+            {
+                "task": task.name,
+                "task_id": task_id,
+                "manifest": manifest,
+                "chain": task.request.chain,
+                "queue": (task.request.delivery_info or {}).get("routing_key"),
+            },
+        )
+        lease.start_renewing()
+        result = _run_leased(task, stage, manifest, lease)
+    except BaseException:
+        lease.release()
+        raise
+    # The next stage is published after this returns; clear first so the reaper never re-sends a finished stage.
+    clear_active(redis_client(), run_id, task_id)
+    lease.release()
+    return result
+
+
+def _run_leased(task, stage: str, manifest: dict[str, Any], lease: Lease) -> dict[str, Any]:
     from pipeline.lifecycle import STAGE_FUNCTIONS, set_stage_context
     from pipeline.trainer import RunCancelled, StageControlCallback
 
-    manifest = check_manifest(manifest, stage)
     run_id = manifest["run_id"]
     deliveries = count_delivery(task.request.id)
     if deliveries > max_deliveries():
@@ -104,6 +210,7 @@ def run_stage(task, stage: str, manifest: Any) -> dict[str, Any]:
             f"(killed, or out of host memory); giving up after DIALSUM_MAX_DELIVERIES={max_deliveries()}"
         )
         _mark_ended(manifest, stage, "failed", reason)
+        clear_active(redis_client(), run_id, task.request.id)
         raise RedeliveryLimitExceeded(reason)
     stored = stored_result(manifest, stage)
     if stored is not None:
@@ -113,6 +220,7 @@ def run_stage(task, stage: str, manifest: Any) -> dict[str, Any]:
         return stored
     if cancel_requested(run_id):
         _mark_ended(manifest, stage, "cancelled", f"cancelled before {stage} started")
+        clear_active(redis_client(), run_id, task.request.id)
         raise RunCancelled(f"run {run_id} was cancelled before {stage} started")
 
     queue = (task.request.delivery_info or {}).get("routing_key")
@@ -125,17 +233,28 @@ def run_stage(task, stage: str, manifest: Any) -> dict[str, Any]:
         if stage == "train":
             control = StageControlCallback(
                 report=_progress_reporter(task, run_id),
-                should_cancel=lambda: cancel_requested(run_id) or prune_requested(run_id),
+                should_cancel=lambda: _stop_requested(run_id, lease),
             )
             result = function(manifest, resume="auto", callbacks=[control])
         else:
             result = function(manifest)
-    except RunCancelled as error:
-        _mark_ended(manifest, stage, "pruned" if prune_requested(run_id) else "cancelled", str(error))
+    except BaseException as error:
+        if lease.lost.is_set():
+            # Another worker may own the run by now: leave its record alone; the reaper re-enqueues the stage.
+            logger.error("%s of run %s stopped: lease lost (%s: %s)", stage, run_id, type(error).__name__, error)
+            raise Ignore() from error
+        if isinstance(error, RunCancelled):
+            _mark_ended(manifest, stage, "pruned" if prune_requested(run_id) else "cancelled", str(error))
+            clear_active(redis_client(), run_id, task.request.id)
+        elif isinstance(error, Exception):
+            _mark_ended(manifest, stage, "failed", f"{type(error).__name__}: {error}")
+            clear_active(redis_client(), run_id, task.request.id)
+        # Anything else (SystemExit when the worker shuts down): the active record stays and run_stage gives the
+        # lease back, so a reaper re-enqueues the stage at its next tick and another worker resumes it.
         raise
-    except Exception as error:
-        _mark_ended(manifest, stage, "failed", f"{type(error).__name__}: {error}")
-        raise
+    if lease.lost.is_set():
+        logger.error("%s of run %s finished after its lease was lost; not recording it", stage, run_id)
+        raise Ignore()
     _mark_done(result, stage)
     return result
 

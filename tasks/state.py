@@ -14,6 +14,8 @@ from functools import cache
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from tasks.app import app, visibility_timeout
 
@@ -24,13 +26,17 @@ PRUNE_KEY = "dialsum:prune:{}"  # set by hyperband (tasks/sweeps.py)
 RUNS_INDEX = "dialsum:runs"
 ACTIVE_STATUSES = ("queued", "running")
 FINAL_STATUSES = ("completed", "failed", "cancelled", "pruned")
+BROKER_RETRIES = 15
 # Records outlive a sweep, like the task results.
 _RECORD_TTL = 30 * 24 * 3600
 
 
 @cache
 def _client_for(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+    # Ride out a broker restart (seconds) instead of failing a stage or a client's wait: connection errors are
+    # retried with backoff for ~20 s in all before they surface.
+    retry = Retry(ExponentialBackoff(cap=2.0, base=0.1), BROKER_RETRIES)
+    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30, retry=retry)
 
 
 def redis_client() -> redis.Redis:

@@ -5,9 +5,10 @@ CLI and ``celery -A tasks.app inspect ...`` sees ordinary nodes:
 
 * GPU worker ``k``: ``CUDA_VISIBLE_DEVICES=k`` in its environment before Python starts (with
   ``CUDA_DEVICE_ORDER=PCI_BUS_ID``, so ``k`` is the GPU ``nvidia-smi`` calls ``k``), node ``gpu<k>@%h``,
-  ``--concurrency 1 --pool prefork -E`` on queue ``gpu``. With ``worker_max_tasks_per_child=1`` (tasks/app.py)
-  every task runs in a fresh pool child, and GPU memory is returned when that child exits. This launcher never
-  imports torch; CUDA is meant to be initialized only in the pool child that runs a task.
+  ``--concurrency 1 --pool custom -E`` with ``CELERY_CUSTOM_WORKER_POOL=tasks.pool:TaskPool`` (Celery's prefork
+  pool, tasks/pool.py) on queue ``gpu``. With ``worker_max_tasks_per_child=1`` (tasks/app.py) every task runs in a
+  fresh pool child, and GPU memory is returned when that child exits. This launcher never imports torch; CUDA is meant to be initialized only in the pool child
+  that runs a task.
 * CPU workers ``cpu<k>@%h`` see no GPU: on a GPU node one of them consumes ``cpu`` so tokenizing and ROUGE do not
   hold a GPU; on a CPU-only node (``--gpus none``) they consume both ``gpu`` and ``cpu``.
 * torch/OpenMP/MKL threads are split between the worker processes of the node (``OMP_NUM_THREADS``,
@@ -48,6 +49,8 @@ CELERY_APP = "tasks.app"
 COLD_SHUTDOWN_EXIT = 1
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "DIALSUM_TORCH_THREADS")
 POLL_SECONDS = 0.2
+# Celery's prefork pool, replacing each finished child within 0.1 s (tasks/pool.py); ``--pool custom`` loads it.
+PREFORK_POOL = "tasks.pool:TaskPool"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,9 +128,10 @@ def _spec(name: str, queues: tuple[str, ...], devices: str, threads: str, loglev
         # SIGTERM -> Celery's cold shutdown with the soft-shutdown window, which requeues the late-ack message.
         "REMAP_SIGTERM": "SIGQUIT",
         "PYTHONUNBUFFERED": "1",
+        "CELERY_CUSTOM_WORKER_POOL": PREFORK_POOL,
     }
     argv = [sys.executable, "-m", "celery", "-A", CELERY_APP, "worker", "-n", name]
-    argv += ["--concurrency", "1", "--pool", "prefork", "-Q", ",".join(queues), "-E", "--loglevel", loglevel]
+    argv += ["--concurrency", "1", "--pool", "custom", "-Q", ",".join(queues), "-E", "--loglevel", loglevel]
     return WorkerSpec(name=name, queues=queues, env=env, argv=argv)
 
 

@@ -35,7 +35,8 @@ def test_one_pinned_worker_per_gpu_plus_a_cpu_worker():
         assert spec.env["CUDA_VISIBLE_DEVICES"] == str(k)
         assert spec.queues == ("gpu",)
         assert spec.argv[spec.argv.index("--concurrency") + 1] == "1"
-        assert spec.argv[spec.argv.index("--pool") + 1] == "prefork"
+        assert spec.argv[spec.argv.index("--pool") + 1] == "custom"
+        assert spec.env["CELERY_CUSTOM_WORKER_POOL"] == "tasks.pool:TaskPool"
         assert spec.argv[spec.argv.index("-Q") + 1] == "gpu"
         assert spec.argv[spec.argv.index("-n") + 1] == f"gpu{k}@node7"
         assert "-E" in spec.argv
