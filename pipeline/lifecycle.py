@@ -285,6 +285,7 @@ def train_stage(manifest: dict[str, Any], resume: str | None = "auto", callbacks
         experiment_id=result.experiment_id,
         wandb_run_id=result.wandb_run_id,
         oom_backoffs=[event for event in result.training_history if event.get("event") == "oom_backoff"],
+        resumed_from=next((e["checkpoint"] for e in result.training_history if e.get("event") == "resume"), None),
     )
 
 

@@ -47,13 +47,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     """``dialsum run``: in process, or through the cluster with ``--broker`` (followed with a progress bar)."""
     if not args.broker:
         return library_cli.cmd_run(args)
+    from tasks.broker import shown_url
+
+    handle = _client(args.broker).submit(args.config, overrides=args.overrides, experiment_name=args.experiment_name)
+    print(f"run {handle.id} submitted to {shown_url(args.broker)}")  # never the password
+    return _follow(handle)
+
+
+def _client(broker: str | None):
+    """The cluster client for ``--broker`` (default DIALSUM_BROKER_URL), once the broker accepted this client."""
+    from tasks.broker import check_broker
     from tasks.client import PipelineClient
 
-    handle = PipelineClient(args.broker).submit(
-        args.config, overrides=args.overrides, experiment_name=args.experiment_name
-    )
-    print(f"run {handle.id} submitted to {args.broker}")
-    return _follow(handle)
+    client = PipelineClient(broker)
+    check_broker(client.broker_url)
+    return client
 
 
 def _follow(handle) -> int:
@@ -93,11 +101,7 @@ def add_run_commands(commands: argparse._SubParsersAction) -> None:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     """``dialsum submit``."""
-    from tasks.client import PipelineClient
-
-    handle = PipelineClient(args.broker).submit(
-        args.config, overrides=args.overrides, experiment_name=args.experiment_name
-    )
+    handle = _client(args.broker).submit(args.config, overrides=args.overrides, experiment_name=args.experiment_name)
     print(handle.id)
     return _follow(handle) if args.wait else 0
 
@@ -106,9 +110,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     """``dialsum status [RUN_ID]``."""
     import json
 
-    from tasks.client import PipelineClient
-
-    client = PipelineClient(args.broker)
+    client = _client(args.broker)
     if args.run_id:
         print(json.dumps(client.get(args.run_id).status(), indent=2, default=str))
         return 0
@@ -123,9 +125,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     """``dialsum cancel RUN_ID``."""
-    from tasks.client import PipelineClient
-
-    PipelineClient(args.broker).get(args.run_id).cancel()
+    _client(args.broker).get(args.run_id).cancel()
     print(f"cancel requested for {args.run_id}")
     return 0
 
@@ -216,9 +216,8 @@ def add_sweep_commands(commands: argparse._SubParsersAction) -> None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     """``dialsum sweep``."""
     from pipeline.sweep import describe, load_sweep_config
-    from tasks.client import PipelineClient
 
-    client = PipelineClient(args.broker)
+    client = _client(args.broker)
     handle = client.submit_sweep(args.config, args.sweep, parallel=args.parallel, overrides=args.overrides)
     from pipeline.config import ConfigManager
 
@@ -234,9 +233,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_sweep_status(args: argparse.Namespace) -> int:
     """``dialsum sweep-status [SWEEP_ID]``."""
     from pipeline.report import leaderboard_table
-    from tasks.client import PipelineClient
 
-    client = PipelineClient(args.broker)
+    client = _client(args.broker)
     if not args.sweep_id:
         for status in client.list_sweeps():
             print(f"{status['sweep_id']:<18}{status['status']:<11}{status['trials']}")
@@ -254,10 +252,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from pipeline.artifacts import sweeps_dir
     from pipeline.report import write_report
-    from tasks.client import PipelineClient
     from tasks.sweeps import read_sweep, sweep_summary
 
-    handle = PipelineClient(args.broker).get_sweep(args.sweep_id)
+    handle = _client(args.broker).get_sweep(args.sweep_id)
     state = read_sweep(handle.id)
     out = (
         Path(args.out)
@@ -293,8 +290,23 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``dialsum`` console script."""
-    return library_cli.main(argv, parser=build_parser())
+    """Entry point of the ``dialsum`` console script.
+
+    A broker that cannot be reached, or that refuses the password, is an error message naming DIALSUM_BROKER_URL and
+    what to change (exit status 2), not a traceback.
+    """
+    from kombu.exceptions import OperationalError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    try:
+        return library_cli.main(argv, parser=build_parser())
+    except (RedisConnectionError, RedisTimeoutError, OperationalError) as error:
+        from tasks.app import app
+        from tasks.broker import broker_error_message
+
+        print(f"error: {broker_error_message(error, app.conf.broker_url)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -45,7 +45,8 @@ LEASE_LOG_KEY = "dialsum:leases:{}"
 REAP_LOCK_KEY = "dialsum:reap:{}"
 _LOG_TTL = 30 * 24 * 3600
 
-# Compare-and-set on the lease's value (it holds a random token), so a holder never renews or deletes a lease that is no longer its own.
+# Compare-and-set on the lease's value (it holds a random token), so a holder never renews or deletes a lease that is
+# no longer its own.
 _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 

@@ -31,25 +31,27 @@ stopped answering, so this module uses its own client with socket timeouts, and 
 one pipeline instead of one ``HGETALL`` per run. Nothing is ever written.
 
 Serve it with ``dialsum metrics --port 9808 [--address 127.0.0.1]`` (broker from ``DIALSUM_BROKER_URL``), or print
-one exposition with ``--once`` (for node_exporter's textfile collector, or a look by hand).
+one exposition with ``--once`` (for node_exporter's textfile collector, or a look by hand). Why the broker is down
+(refused password, untrusted certificate, no answer) goes to stderr once per distinct error, never the password.
 """
 
 from __future__ import annotations
 
 import json
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
 
 import redis
 from kombu.transport.redis import PRIORITY_STEPS, Channel
-from kombu.utils.url import maybe_sanitize_url
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from tasks.app import app
+from tasks.broker import broker_error_message, shown_url
 from tasks.state import ACTIVE_STATUSES, FINAL_STATUSES, RUN_KEY, RUNS_INDEX
 from tasks.sweeps import SWEEP_KEY, SWEEPS_INDEX, TRIALS_KEY
 
@@ -90,6 +92,8 @@ class DialsumCollector(Collector):
         self._client = redis.Redis.from_url(
             broker_url, decode_responses=True, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout
         )
+        self._broker_url = broker_url
+        self._failure: str | None = None  # the last broker error reported on stderr
 
     def queue_keys(self, queue: str) -> list[str]:
         """The Redis lists that hold ``queue``'s waiting messages, one per kombu priority step."""
@@ -106,16 +110,25 @@ class DialsumCollector(Collector):
         up = GaugeMetricFamily("dialsum_broker_up", "1 when the broker (Redis) answered this scrape, else 0")
         try:
             families = self._read()
-        except (redis.RedisError, OSError):
+        except (redis.RedisError, OSError) as error:
+            self._report_failure(error)
             up.add_metric([], 0)
             yield up
             return
+        self._failure = None
         up.add_metric([], 1)
         yield up
         yield from families
         duration = GaugeMetricFamily("dialsum_scrape_duration_seconds", "Seconds spent reading Redis for this scrape")
         duration.add_metric([], time.perf_counter() - started)
         yield duration
+
+    def _report_failure(self, error: BaseException) -> None:
+        # Why the broker is down for us (a wrong password reads as broker_up 0 too), once per distinct error.
+        message = broker_error_message(error, self._broker_url)
+        if message != self._failure:
+            print(f"dialsum metrics: {message}", file=sys.stderr, flush=True)
+        self._failure = message
 
     def _read(self) -> list[GaugeMetricFamily]:
         client = self._client
@@ -225,7 +238,7 @@ def serve(address: str, port: int, broker_url: str | None = None) -> int:
     stop = threading.Event()
     previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGTERM, signal.SIGINT)}
     host = f"[{address}]" if ":" in address else address
-    print(f"dialsum metrics: http://{host}:{port}/metrics for broker {maybe_sanitize_url(url)}", flush=True)
+    print(f"dialsum metrics: http://{host}:{port}/metrics for broker {shown_url(url)}", flush=True)
     try:
         stop.wait()
     finally:

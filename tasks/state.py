@@ -31,11 +31,21 @@ BROKER_RETRIES = 15
 _RECORD_TTL = 30 * 24 * 3600
 
 
+class _RetryWhileAway(Retry):
+    """Retry connection errors, except a refused password: that one will not heal by waiting."""
+
+    def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):
+        def retryable(error: Exception) -> bool:
+            return not isinstance(error, redis.AuthenticationError) and (is_retryable is None or is_retryable(error))
+
+        return super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
 @cache
 def _client_for(url: str) -> redis.Redis:
     # Ride out a broker restart (seconds) instead of failing a stage or a client's wait: connection errors are
     # retried with backoff for ~20 s in all before they surface.
-    retry = Retry(ExponentialBackoff(cap=2.0, base=0.1), BROKER_RETRIES)
+    retry = _RetryWhileAway(ExponentialBackoff(cap=2.0, base=0.1), BROKER_RETRIES)
     return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30, retry=retry)
 
 

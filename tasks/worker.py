@@ -7,8 +7,8 @@ CLI and ``celery -A tasks.app inspect ...`` sees ordinary nodes:
   ``CUDA_DEVICE_ORDER=PCI_BUS_ID``, so ``k`` is the GPU ``nvidia-smi`` calls ``k``), node ``gpu<k>@%h``,
   ``--concurrency 1 --pool custom -E`` with ``CELERY_CUSTOM_WORKER_POOL=tasks.pool:TaskPool`` (Celery's prefork
   pool, tasks/pool.py) on queue ``gpu``. With ``worker_max_tasks_per_child=1`` (tasks/app.py) every task runs in a
-  fresh pool child, and GPU memory is returned when that child exits. This launcher never imports torch; CUDA is meant to be initialized only in the pool child
-  that runs a task.
+  fresh pool child, and GPU memory is returned when that child exits. This launcher never imports torch; CUDA is
+  meant to be initialized only in the pool child that runs a task.
 * CPU workers ``cpu<k>@%h`` see no GPU: on a GPU node one of them consumes ``cpu`` so tokenizing and ROUGE do not
   hold a GPU; on a CPU-only node (``--gpus none``) they consume both ``gpu`` and ``cpu``.
 * torch/OpenMP/MKL threads are split between the worker processes of the node (``OMP_NUM_THREADS``,
