@@ -18,6 +18,9 @@ variable                        meaning                                         
 ``DIALSUM_MAX_DELIVERIES``      deliveries of one task before it is failed (a task     3
                                 that kills its worker every time must not loop)
 ``DIALSUM_TIME_LIMIT_<STAGE>``  hard time limit of a stage in seconds                 see STAGE_TIME_LIMITS
+``DIALSUM_LEASE_SECONDS``       TTL of a run's lease (tasks/lease.py): a dead worker's  30
+                                run is re-enqueued this long after its last renewal
+``DIALSUM_REAP_INTERVAL``       seconds between two scans for expired leases            5
 =============================== ===================================================== ==================
 """
 
