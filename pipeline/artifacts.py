@@ -10,12 +10,15 @@ mounts), laid out as in DESIGN.md::
 
 Writers never leave a half-written file or directory where a reader could see it: they write
 under a temporary name in the same directory and rename, which is atomic on POSIX filesystems.
+A write that fails because the disk is full, read-only or not writable raises
+:class:`OutputDirectoryError`, which names the directory and what to do, with the OS error as its cause.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import fcntl
 import hashlib
 import json
@@ -38,6 +41,93 @@ _RUN_ID_IGNORED_KEYS = {
 }
 
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+# What a failed write's errno means for the user, and what to do about it.
+_OUTPUT_FIXES = {
+    errno.ENOSPC: ("no space is left on its filesystem", "free space there"),
+    errno.EDQUOT: ("the disk quota is exhausted", "free space or raise the quota"),
+    errno.EROFS: ("its filesystem is mounted read-only", "remount it read-write"),
+    errno.EACCES: ("permission denied", "give this user write permission on it"),
+    errno.EPERM: ("operation not permitted", "give this user write permission on it"),
+}
+# torch.save reports a full disk as "unexpected pos N vs M", without an errno: an I/O-looking error
+# (OSError, RuntimeError) of a writer whose filesystem has less than this left is taken for a full disk.
+_FULL_BELOW_BYTES = 1 << 20
+
+
+class OutputDirectoryError(OSError):
+    """Writing under an output directory failed: its filesystem is full, read-only or not writable.
+
+    The message names the directory and the fix; ``errno`` is the OS error's and ``__cause__`` the
+    original exception.
+    """
+
+
+def _free_bytes(path: Path) -> int | None:
+    """Bytes available to this user on the filesystem of ``path`` (its nearest existing ancestor)."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            stats = os.statvfs(candidate)
+            return stats.f_bavail * stats.f_frsize
+    return None
+
+
+def output_error(error: BaseException, directory: str | Path) -> OutputDirectoryError | None:
+    """The clear error for a write under ``directory`` that failed with ``error``, or None if it is no disk problem.
+
+    Recognized: an OSError with errno ENOSPC, EDQUOT, EROFS, EACCES or EPERM; an error whose text carries
+    one of those (safetensors and torch report them so); an OSError or RuntimeError while the filesystem
+    is (nearly) full. Call it before removing the partial output, which frees the space that shows the
+    disk was full.
+
+    Args:
+        error: What the write raised.
+        directory: The directory written in, named in the message.
+
+    Returns:
+        An error naming the directory, the problem and the fix (``error`` becomes its cause when raised
+        ``from`` it), or None when ``error`` is not about the disk.
+    """
+    if isinstance(error, OutputDirectoryError) or not isinstance(error, Exception):
+        return None
+    directory = Path(directory)
+    code = error.errno if isinstance(error, OSError) and error.errno in _OUTPUT_FIXES else None
+    if code is None:
+        text = str(error)
+        code = next((number for number in _OUTPUT_FIXES if os.strerror(number) in text), None)
+    free = _free_bytes(directory)
+    if code is None and isinstance(error, (OSError, RuntimeError)) and free is not None and free < _FULL_BELOW_BYTES:
+        code = errno.ENOSPC
+    if code is None:
+        return None
+    problem, fix = _OUTPUT_FIXES[code]
+    if code in (errno.ENOSPC, errno.EDQUOT) and free is not None:
+        problem += f" ({free:,} bytes free)"
+    return OutputDirectoryError(
+        code,
+        f"cannot write to {directory}: {problem}; {fix}, or point general.output_dir (run files) or "
+        f"general.artifact_root (caches, registry) at another directory ({type(error).__name__}: {error})",
+    )
+
+
+@contextlib.contextmanager
+def output_errors(directory: str | Path, cleanup: Any = None) -> Iterator[None]:
+    """Raise :class:`OutputDirectoryError` (see :func:`output_error`) for a block that writes under ``directory``.
+
+    Args:
+        directory: The directory the block writes in; named in the error.
+        cleanup: Called without arguments when the block fails, after the disk was looked at and
+            before the error propagates: removes the block's partial output.
+    """
+    try:
+        yield
+    except BaseException as error:
+        wrapped = output_error(error, directory)
+        if cleanup is not None:
+            cleanup()
+        if wrapped is None:
+            raise
+        raise wrapped from error
 
 
 def datasets_dir(root: str | Path) -> Path:
@@ -141,11 +231,22 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically; on any error the old file (if any) is untouched."""
+    """Write ``data`` to ``path`` atomically; on any error the old file (if any) is untouched.
+
+    Raises:
+        OutputDirectoryError: The directory's filesystem is full, read-only or not writable.
+    """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
+    tmp_name = None
+
+    def discard() -> None:
+        if tmp_name is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_name)
+
+    with output_errors(target.parent, cleanup=discard):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -153,10 +254,6 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         # mkstemp creates 0600; workers of other users on a shared artifact root must read the file.
         os.chmod(tmp_name, 0o644)
         os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
     return target
 
 
@@ -167,16 +264,17 @@ def atomic_directory(final_dir: str | Path) -> Iterator[Path]:
     On success an existing ``final_dir`` is moved aside, the new one renamed into place and the
     old one deleted; a failure inside the block (disk full, a crash in ``save_pretrained``)
     removes the temporary directory and leaves ``final_dir`` as it was.
+
+    Raises:
+        OutputDirectoryError: The filesystem is full, read-only or not writable (the block's error is its cause).
     """
     final = Path(final_dir)
-    final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with output_errors(final.parent):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    with output_errors(final.parent, cleanup=lambda: shutil.rmtree(tmp, ignore_errors=True)):
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     old = None
     if final.exists():
         old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
@@ -194,8 +292,10 @@ def file_lock(lock_path: str | Path) -> Iterator[None]:
     concurrent writers (several workers registering models) serialize their read-modify-write.
     """
     path = Path(lock_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
+    with output_errors(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")  # closed by the with block below
+    with handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             yield

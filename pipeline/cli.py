@@ -174,11 +174,13 @@ def cmd_sample_data(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
     """Parse ``argv`` and run the chosen subcommand; user-fixable errors exit with status 2."""
+    from pipeline.artifacts import OutputDirectoryError
+
     args = (parser or build_parser()).parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError, KeyError) as error:
-        # Config, data and lookup errors already say what is wrong and how to fix it; a traceback adds nothing.
+    except (ValueError, FileNotFoundError, KeyError, OutputDirectoryError) as error:
+        # Config, data, lookup and disk errors already say what is wrong and how to fix it; a traceback adds nothing.
         print(f"error: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
         return 2
 

@@ -119,6 +119,7 @@ def _opt(
     gt: float | None = None,
     le: float | None = None,
     lt: float | None = None,
+    most: int | None = None,
     nonempty: bool = False,
     pattern: str | None = None,
     item_pattern: str | None = None,
@@ -132,6 +133,8 @@ def _opt(
         help: One-line description, introspectable via ``dataclasses.fields(cls)[i].metadata["help"]``.
         choices: Allowed string values.
         ge, gt, le, lt: Numeric bounds.
+        most: Sanity limit of a size: no real run needs more, and a value above it (``10**9`` tokens,
+            a batch of a million) would only fail later, out of memory or after hours; refused with its own message.
         nonempty: Reject the empty string.
         pattern: Regex a string value must fully match.
         item_pattern: Regex every item of a list must fully match.
@@ -145,6 +148,7 @@ def _opt(
         "gt": gt,
         "le": le,
         "lt": lt,
+        "most": most,
         "nonempty": nonempty,
         "pattern": pattern,
         "item_pattern": item_pattern,
@@ -161,6 +165,11 @@ def _section(cls: type, help: str) -> Any:
 
 
 _STRATEGIES = ("no", "steps", "epoch")
+# Sanity limits of sizes (see ``most`` in _opt): far above what any real run uses, far below what breaks a machine.
+_MOST_TOKENS = 131_072  # sequence lengths: 128 Ki tokens, beyond every seq2seq model's context
+_MOST_BATCH = 65_536  # dialogues per batch
+_MOST_WIDTH = 65_536  # hidden and feed-forward sizes of a scratch model
+_MOST_COUNT = 1_024  # layers, heads, beams, DataLoader processes
 
 
 # --------------------------------------------------------------------------------------------------
@@ -223,7 +232,7 @@ class DataConfig:
     sample_data: bool = _opt(
         False, "Generate built-in Korean sample data into the directory of train_path when the files are missing."
     )
-    sample_size: int = _opt(2000, "Number of dialogues generated when sample_data is on.", ge=10)
+    sample_size: int = _opt(2000, "Number of dialogues generated when sample_data is on.", ge=10, most=1_000_000)
     id_column: str = _opt("fname", "Column holding the dialogue id.", nonempty=True)
     dialogue_column: str = _opt("dialogue", "Column holding the dialogue text.", nonempty=True)
     summary_column: str = _opt("summary", "Column holding the reference summary.", nonempty=True)
@@ -236,14 +245,17 @@ class DataConfig:
 class ScratchModelConfig:
     """Shape of the small BART built when ``model.checkpoint`` is ``scratch`` (offline, no hub)."""
 
-    d_model: int = _opt(128, "Hidden size; must be divisible by attention_heads.", ge=1)
-    encoder_layers: int = _opt(2, "Number of encoder layers.", ge=1)
-    decoder_layers: int = _opt(2, "Number of decoder layers.", ge=1)
-    attention_heads: int = _opt(4, "Attention heads in encoder and decoder.", ge=1)
-    ffn_dim: int = _opt(512, "Feed-forward inner size.", ge=1)
-    vocab_size: int = _opt(4000, "Size of the tokenizer trained on the training split.", ge=100)
+    d_model: int = _opt(128, "Hidden size; must be divisible by attention_heads.", ge=1, most=_MOST_WIDTH)
+    encoder_layers: int = _opt(2, "Number of encoder layers.", ge=1, most=_MOST_COUNT)
+    decoder_layers: int = _opt(2, "Number of decoder layers.", ge=1, most=_MOST_COUNT)
+    attention_heads: int = _opt(4, "Attention heads in encoder and decoder.", ge=1, most=_MOST_COUNT)
+    ffn_dim: int = _opt(512, "Feed-forward inner size.", ge=1, most=_MOST_WIDTH)
+    vocab_size: int = _opt(4000, "Size of the tokenizer trained on the training split.", ge=100, most=1_048_576)
     max_position_embeddings: int = _opt(
-        1024, "Longest sequence the model can encode or decode; must cover the tokenizer and generation lengths.", ge=1
+        1024,
+        "Longest sequence the model can encode or decode; must cover the tokenizer and generation lengths.",
+        ge=1,
+        most=_MOST_TOKENS,
     )
     dropout: float = _opt(0.1, "Dropout probability.", ge=0, lt=1)
 
@@ -266,8 +278,8 @@ class ModelConfig:
 class TokenizerConfig:
     """Tokenization lengths, input prefix and never-split tokens."""
 
-    encoder_max_len: int = _opt(512, "Dialogue tokens kept (longer dialogues are truncated).", ge=1)
-    decoder_max_len: int = _opt(100, "Summary tokens kept as training labels.", ge=1)
+    encoder_max_len: int = _opt(512, "Dialogue tokens kept (longer dialogues are truncated).", ge=1, most=_MOST_TOKENS)
+    decoder_max_len: int = _opt(100, "Summary tokens kept as training labels.", ge=1, most=_MOST_TOKENS)
     prefix: str | None = _opt(
         None, "Text prepended to every dialogue; null derives it: 'summarize: ' for t5/mt5, '' otherwise."
     )
@@ -296,8 +308,8 @@ class TrainingConfig:
         expect="an int: -1 (use num_train_epochs) or >= 1",
     )
     learning_rate: float = _opt(1e-5, "Peak learning rate.", ge=0)
-    per_device_train_batch_size: int = _opt(16, "Training batch per device.", ge=1)
-    per_device_eval_batch_size: int = _opt(32, "Evaluation/generation batch per device.", ge=1)
+    per_device_train_batch_size: int = _opt(16, "Training batch per device.", ge=1, most=_MOST_BATCH)
+    per_device_eval_batch_size: int = _opt(32, "Evaluation/generation batch per device.", ge=1, most=_MOST_BATCH)
     gradient_accumulation_steps: int = _opt(1, "Batches accumulated per optimizer step.", ge=1)
     warmup_ratio: float = _opt(0.1, "Fraction of the steps spent warming up the learning rate.", ge=0, le=1)
     weight_decay: float = _opt(0.01, "AdamW weight decay.", ge=0)
@@ -343,14 +355,16 @@ class TrainingConfig:
     gradient_checkpointing: bool = _opt(False, "Recompute activations in the backward pass to save memory.")
     group_by_length: bool = _opt(True, "Batch dialogues of similar length together (far less padding).")
     # Celery prefork children are daemonic and cannot start DataLoader workers: keep 0 there.
-    dataloader_num_workers: int = _opt(0, "DataLoader worker processes (0 loads in the main process).", ge=0)
+    dataloader_num_workers: int = _opt(
+        0, "DataLoader worker processes (0 loads in the main process).", ge=0, most=_MOST_COUNT
+    )
     max_oom_retries: int = _opt(
         3,
         "On out-of-memory, halve the per-device batch and double gradient accumulation up to this many times.",
         ge=0,
     )
     generation_num_beams_during_eval: int | None = _opt(
-        None, "Beams for generation during evaluation; null uses generation.num_beams.", ge=1
+        None, "Beams for generation during evaluation; null uses generation.num_beams.", ge=1, most=_MOST_COUNT
     )
 
 
@@ -358,8 +372,8 @@ class TrainingConfig:
 class GenerationConfig:
     """How summaries are decoded (evaluation and inference)."""
 
-    num_beams: int = _opt(4, "Beam width (1 = greedy).", ge=1)
-    max_length: int = _opt(100, "Maximum generated tokens.", ge=1)
+    num_beams: int = _opt(4, "Beam width (1 = greedy).", ge=1, most=_MOST_COUNT)
+    max_length: int = _opt(100, "Maximum generated tokens.", ge=1, most=_MOST_TOKENS)
     min_length: int = _opt(1, "Minimum generated tokens (at most max_length).", ge=0)
     no_repeat_ngram_size: int = _opt(2, "Never repeat an n-gram of this size (0 disables).", ge=0)
     length_penalty: float = _opt(1.0, "Beam score length exponent (> 1 favours longer summaries).")
@@ -397,7 +411,7 @@ class WandbConfig:
 class InferenceConfig:
     """Prediction on the test split."""
 
-    batch_size: int = _opt(32, "Dialogues per generation batch.", ge=1)
+    batch_size: int = _opt(32, "Dialogues per generation batch.", ge=1, most=_MOST_BATCH)
     output_path: str | None = _opt(
         None, "Submission CSV (fname, summary); null means <run dir>/predictions.csv.", nonempty=True
     )
@@ -641,6 +655,11 @@ def _check_value(raw: Any, hint: Any, meta: Mapping[str, Any], path: str) -> tup
         ]
     if not _range_ok(value, meta):
         return raw, [f"{path}: expected {_describe(base, meta, optional)}, got {show_value(raw)}"]
+    if meta.get("most") is not None and value > meta["most"]:
+        return raw, [
+            f"{path}: expected {_describe(base, meta, optional)} and at most {meta['most']}, got {show_value(raw)};"
+            " no run needs that much (it would run out of memory or never finish), lower it"
+        ]
     problems = []
     if meta.get("item_pattern"):
         for i, item in enumerate(value):

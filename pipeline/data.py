@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import content_hash, datasets_dir, file_lock, file_sha256
+from pipeline.artifacts import content_hash, datasets_dir, file_lock, file_sha256, output_errors
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 PREPARE_VERSION = 1
 PREPARE_META_FILE = "prepare_meta.json"
 _MULTI_REF_RE = re.compile(r"^summary(\d+)$")
+# The config key that names each split's file.
+SPLIT_CONFIG_KEYS = {"train": "data.train_path", "validation": "data.val_path", "test": "data.test_path"}
 
 
 class DataError(ValueError):
@@ -148,10 +150,11 @@ def read_competition_csv(
         if not any(cell.strip() for cell in row):
             continue  # blank lines at the end of hand-edited files
         if len(row) != len(header):
-            raise DataError(
-                f"{path}, row {row_number}: {len(row)} fields but the header has {len(header)}; "
-                f"a dialogue with commas or newlines must be quoted"
-            )
+            hint = "a dialogue with commas or newlines must be quoted"
+            if len(row) < len(header) and any("\n" in cell for cell in row):
+                # An unclosed quote swallows the rest of the file into one field.
+                hint = "a quote opened in this row is never closed, so the lines after it were read into one field"
+            raise DataError(f"{path}, row {row_number}: {len(row)} fields but the header has {len(header)}; {hint}")
         fname = row[index[columns.id]].strip()
         dialogue = row[index[columns.dialogue]].strip()
         if not fname:
@@ -181,6 +184,28 @@ def read_competition_csv(
     if not table.fnames:
         raise DataError(f"{path}: the file has a header but no rows")
     return table
+
+
+def check_data_files(split_files: dict[str, str | Path], columns: Columns | None = None) -> None:
+    """Read and validate every split's file, so that a bad one is refused before anything is written.
+
+    Reading a CSV costs little next to tokenizing it; the trainer calls this before it trains a
+    scratch tokenizer or fills the dataset cache, so a bad file leaves the artifact root as it was.
+
+    Args:
+        split_files: ``{"train": path, "validation": path, "test": path}``; any subset. Every split
+            but ``test`` must have summaries.
+        columns: CSV column names.
+
+    Raises:
+        FileNotFoundError: A file does not exist; the message names it and its config key.
+        DataError: A file is malformed; the message names the file, row and column.
+    """
+    for split, path in split_files.items():
+        if not Path(path).is_file():
+            key = SPLIT_CONFIG_KEYS.get(split, f"the {split} split's path")
+            raise FileNotFoundError(f"{split} data file {path} does not exist; fix {key} in the config")
+        read_competition_csv(path, columns, require_summary=split != "test")
 
 
 def first_n(table: DialogueTable, limit: int | None) -> DialogueTable:
@@ -383,11 +408,13 @@ def _save_once(dataset_dict: Any, directory: Path, meta: dict[str, Any]) -> None
     Two workers preparing the same fingerprint at once both build it; the first rename wins and
     the second copy is discarded, so readers never see a partial directory.
     """
-    directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        dataset_dict.save_to_disk(str(tmp))
-        (tmp / PREPARE_META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+        # A full or read-only disk is reported naming the directory (before the partial copy is removed).
+        with output_errors(directory.parent):
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            dataset_dict.save_to_disk(str(tmp))
+            (tmp / PREPARE_META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
         try:
             os.rename(tmp, directory)
         except OSError:

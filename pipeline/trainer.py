@@ -23,6 +23,7 @@ import csv
 import io
 import json
 import logging
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -44,14 +45,17 @@ from transformers import (
 from transformers.trainer_callback import DefaultFlowCallback, PrinterCallback, ProgressCallback
 
 from pipeline.artifacts import (
+    OutputDirectoryError,
     atomic_directory,
+    atomic_write_bytes,
     atomic_write_text,
     latest_checkpoint,
+    output_errors,
     run_dir,
     run_id_for,
 )
 from pipeline.config import ConfigManager, PipelineConfig, merge_sweep_params
-from pipeline.data import Columns, prepare_datasets
+from pipeline.data import Columns, check_data_files, prepare_datasets
 from pipeline.metrics import combined_f1, compute_rouge
 from pipeline.modeling import load_model_and_tokenizer, resolve_device
 from pipeline.registry import ModelRegistry
@@ -198,6 +202,26 @@ class StageControlCallback(TrainerCallback):
             self.report({"step": state.global_step, "total": state.max_steps, "eval": evaluation})
 
 
+class CheckpointSavingTrainer(Seq2SeqTrainer):
+    """``Seq2SeqTrainer`` whose failed checkpoint saves leave no half-written ``checkpoint-N`` behind.
+
+    HF writes a checkpoint in place, file by file; when a save fails (disk full, read-only) the new
+    directory is removed, and a full or unwritable disk is raised as ``OutputDirectoryError``.
+    """
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        checkpoints = Path(self._get_output_dir(trial=trial))
+        folder = checkpoints / f"checkpoint-{self.state.global_step}"
+        new = not folder.exists()
+
+        def discard() -> None:
+            if new:
+                shutil.rmtree(folder, ignore_errors=True)
+
+        with output_errors(checkpoints, cleanup=discard):
+            super()._save_checkpoint(model, trial)
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """True for CUDA/MPS/CPU allocator failures, which torch reports in several ways."""
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
@@ -311,6 +335,7 @@ class DialogueSummarizationTrainer:
         Raises:
             RuntimeError: A component could not be built (for example an unreachable model hub).
             FileNotFoundError: The training file a scratch tokenizer is trained on is missing.
+            OutputDirectoryError: The run directory cannot be created (read-only or full filesystem).
         """
         if self._trainer is not None:
             return
@@ -325,7 +350,7 @@ class DialogueSummarizationTrainer:
             self._tracker = ExperimentTracker(self.artifact_root, self._config["wandb"])
             self._registry = ModelRegistry(self.artifact_root)
             self._trainer = self._build_hf_trainer(self._get_training_arguments(), [])
-        except (FileNotFoundError, RuntimeError, ValueError):
+        except (FileNotFoundError, RuntimeError, ValueError, OutputDirectoryError):
             raise
         except Exception as error:  # anything else is a component failure, as the spec documents
             raise RuntimeError(f"component initialization failed: {type(error).__name__}: {error}") from error
@@ -401,15 +426,16 @@ class DialogueSummarizationTrainer:
         # data exists (initialize_components, then add_callback), so an empty split stands in until train().
         from datasets import Dataset
 
-        return Seq2SeqTrainer(
-            model=self._model,
-            args=args,
-            eval_dataset=Dataset.from_dict({"input_ids": [], "attention_mask": [], "labels": []}),
-            data_collator=collator,
-            processing_class=self._tokenizer,
-            compute_metrics=self._compute_metrics,
-            callbacks=callbacks,
-        )
+        with output_errors(args.output_dir):  # HF creates the checkpoints directory here
+            return CheckpointSavingTrainer(
+                model=self._model,
+                args=args,
+                eval_dataset=Dataset.from_dict({"input_ids": [], "attention_mask": [], "labels": []}),
+                data_collator=collator,
+                processing_class=self._tokenizer,
+                compute_metrics=self._compute_metrics,
+                callbacks=callbacks,
+            )
 
     def _user_callbacks(self) -> list[TrainerCallback]:
         """Callbacks added to the HF trainer by the user, kept when it is rebuilt."""
@@ -434,16 +460,24 @@ class DialogueSummarizationTrainer:
 
         Returns:
             A ``DatasetDict`` with ``train``, ``validation`` and (if given) ``test``.
+
+        Raises:
+            FileNotFoundError: A data file is missing (named with its config key).
+            DataError: A data file is malformed (named with its row and column). Files are checked
+                before anything is written: a bad file leaves the artifact root as it was.
         """
-        self.initialize_components()
         data = self._config["data"]
         files = {
             "train": train_path or data["train_path"],
             "validation": val_path or data["val_path"],
             "test": test_path or data["test_path"],
         }
+        files = {split: path for split, path in files.items() if path}
+        ensure_sample_data(self._config)
+        check_data_files(files, Columns.from_config(data))
+        self.initialize_components()
         prepared = prepare_datasets(
-            {split: path for split, path in files.items() if path},
+            files,
             self._tokenizer,
             artifact_root=self.artifact_root,
             prefix=PipelineConfig.from_dict(self._config).prefix(),
@@ -478,6 +512,8 @@ class DialogueSummarizationTrainer:
         Raises:
             ValueError: The dataset lacks a labeled ``train`` split (or ``validation`` when evaluating).
             RuntimeError: Training failed, including out of memory at the smallest batch.
+            OutputDirectoryError: A checkpoint, the model or a run file could not be written (disk full,
+                read-only, not writable); no half-written checkpoint or model is left, a previous model stays.
         """
         self.initialize_components()
         self._check_train_dataset(dataset)
@@ -503,7 +539,7 @@ class DialogueSummarizationTrainer:
             raise
         except Exception as error:
             self._tracker.end_experiment(self._experiment_id, status="failed", notes=str(error))
-            if isinstance(error, (ValueError, RuntimeError)):
+            if isinstance(error, (ValueError, RuntimeError, OutputDirectoryError)):
                 raise
             raise RuntimeError(f"training failed: {type(error).__name__}: {error}") from error
 
@@ -684,6 +720,10 @@ class DialogueSummarizationTrainer:
 
         Returns:
             The directory (``output_dir / "model"`` by default).
+
+        Raises:
+            OutputDirectoryError: Its filesystem is full, read-only or not writable; the model that was
+                there before is left as it was.
         """
         target = Path(directory) if directory else self._output_dir / "model"
         with atomic_directory(target) as tmp:
@@ -701,16 +741,23 @@ class DialogueSummarizationTrainer:
 
 
 def write_predictions(predictions: list[dict[str, str]], csv_path: str | Path) -> Path:
-    """Write the submission CSV (``fname,summary``, no index column) and a ``.jsonl`` with all fields beside it."""
+    """Write the submission CSV (``fname,summary``, no index column) and a ``.jsonl`` with all fields beside it.
+
+    Both are written atomically, the larger ``.jsonl`` (it holds the dialogues) first: a disk too full
+    for it leaves the previous pair as it was.
+
+    Raises:
+        OutputDirectoryError: The directory's filesystem is full, read-only or not writable.
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["fname", "summary"])
     writer.writerows([row["fname"], row["prediction"]] for row in predictions)
     csv_path = Path(csv_path)
-    atomic_write_text(csv_path, buffer.getvalue())
     atomic_write_text(
         csv_path.with_suffix(".jsonl"), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in predictions)
     )
+    atomic_write_text(csv_path, buffer.getvalue())
     return csv_path
 
 
@@ -735,8 +782,7 @@ def ensure_sample_data(config: dict[str, Any]) -> None:
     written = write_sample_data(directory, seed=config["general"]["seed"], **sizes)
     for split, path in paths.items():
         if path is not None and Path(path) != written[split]:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_bytes(written[split].read_bytes())
+            atomic_write_bytes(path, written[split].read_bytes())
 
 
 def _current_sweep_parameters() -> dict[str, Any]:

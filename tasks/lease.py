@@ -47,7 +47,14 @@ _LOG_TTL = 30 * 24 * 3600
 
 # Compare-and-set on the lease's value (it holds a random token), so a holder never renews or deletes a lease that is
 # no longer its own.
-_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+# Renewal returns 1 (renewed), 2 (the key was gone, e.g. Redis restarted without persistence, and is ours again) or 0
+# (someone else holds it).
+_RENEW = """
+local current = redis.call('get', KEYS[1])
+if current == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+if not current then redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 2 end
+return 0
+"""
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
@@ -102,6 +109,7 @@ class Lease:
         }
         # The lease's value; renewals and the release compare it whole, so they only ever touch our own lease.
         self.payload = json.dumps(self.holder)
+        self.message: dict[str, Any] | None = None
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -137,6 +145,11 @@ class Lease:
             return None
         return current
 
+    def record_message(self, message: dict[str, Any]) -> None:
+        """Record the stage's message for the reaper (:func:`register_active`), while this lease is held."""
+        self.message = message
+        register_active(self.client, self.run_id, message)
+
     def start_renewing(self) -> None:
         """Renew the lease in a daemon thread until :meth:`release`; sets :attr:`lost` when it cannot."""
         self._thread = threading.Thread(target=self._renew_loop, name=f"lease-{self.run_id}", daemon=True)
@@ -151,6 +164,10 @@ class Lease:
             except redis.RedisError as error:
                 logger.warning("lease of run %s not renewed: %s", self.run_id, error)
                 renewed = None
+            if renewed == 2 and self.message is not None:
+                # Redis forgot the run's state: record the stage again, so the reaper can still recover it.
+                register_active(self.client, self.run_id, self.message)
+                self._log("retaken")
             if renewed:
                 last_renewed = time.monotonic()
             elif renewed == 0 or time.monotonic() - last_renewed > 0.6 * ttl:

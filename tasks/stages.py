@@ -23,7 +23,7 @@ from celery import signals
 from celery.exceptions import Ignore
 
 from tasks.app import app, max_deliveries, stage_time_limit
-from tasks.lease import Lease, clear_active, register_active, start_reaper
+from tasks.lease import Lease, clear_active, start_reaper
 from tasks.state import FINAL_STATUSES, cancel_requested, count_delivery, read_run, redis_client, write_run
 from tasks.sweeps import on_trial_event, prune_requested, record_evaluation
 
@@ -176,9 +176,7 @@ def run_stage(task, stage: str, manifest: Any) -> dict[str, Any]:
         )
         raise Ignore()
     try:
-        register_active(
-            redis_client(),
-            run_id,
+        lease.record_message(
             {
                 "task": task.name,
                 "task_id": task_id,

@@ -104,6 +104,29 @@ def nodes(broker, tmp_path):
         node.stop()
 
 
+def start_two(nodes, **env: str):
+    """Workers on hosts ``a`` and ``b``, ready; and a function giving the end of both logs (for failure messages)."""
+    workers = [nodes("a", **env), nodes("b", **env)]
+    for worker in workers:
+        worker.wait_ready()
+    return workers, lambda: "\n".join(worker.log()[-3000:] for worker in workers)
+
+
+def training_with_a_checkpoint(client, run_id: str, workers: list[Node], context) -> tuple[Path, Node, Node]:
+    """Once the run trains and has a complete checkpoint: its run directory, the worker training it, the other one."""
+    run_dir = Path(wait_for_status(client, run_id, ("running",), 120, context)["run_dir"])
+    holder = wait_until(
+        lambda: (lambda h: h if h and h["stage"] == "train" and saved_checkpoint(run_dir) else None)(
+            lease_holder(client, run_id)
+        ),
+        180,
+        "train with a checkpoint",
+        context,
+    )
+    busy = next(worker for worker in workers if worker.name == holder["node"])
+    return run_dir, busy, next(worker for worker in workers if worker is not busy)
+
+
 def config_file(sample_dir: Path, tmp_path: Path, experiment: str, steps: int = 8, every: int = 4) -> Path:
     config = micro_config_dict(sample_dir, tmp_path / "artifacts")
     config["experiment"]["name"] = experiment
@@ -186,24 +209,10 @@ def test_worker_killed_after_a_checkpoint_resumes_on_another_within_2_minutes(br
     # Production settings: the 48 h visibility timeout (the dead worker's message would come back in two days), the
     # 30 s lease and the 5 s reaper.
     client = redis.Redis.from_url(broker.url, decode_responses=True)
-    workers = [nodes("a"), nodes("b")]
-    for worker in workers:
-        worker.wait_ready()
-    context = lambda: "\n".join(worker.log()[-3000:] for worker in workers)  # noqa: E731
+    workers, context = start_two(nodes)
     run_id = submit(broker.url, config_file(sample_dir, tmp_path, "killed", steps=80, every=10))
-    run_dir = Path(wait_for_status(client, run_id, ("running",), 120, context)["run_dir"])
-
     # The first checkpoint is on disk and train is still running: kill the whole worker that holds the lease.
-    holder = wait_until(
-        lambda: (lambda h: h if h and h["stage"] == "train" and saved_checkpoint(run_dir) else None)(
-            lease_holder(client, run_id)
-        ),
-        180,
-        "train with a checkpoint",
-        context,
-    )
-    victim = next(worker for worker in workers if worker.name == holder["node"])
-    survivor = next(worker for worker in workers if worker is not victim)
+    run_dir, victim, survivor = training_with_a_checkpoint(client, run_id, workers, context)
     victim.kill()
     killed_at = time.time()
     latest_at_kill = saved_checkpoint(run_dir)
@@ -239,10 +248,7 @@ def test_worker_killed_after_a_checkpoint_resumes_on_another_within_2_minutes(br
 
 def test_task_killing_its_worker_every_time_fails_after_the_cap_and_others_flow(broker, nodes, sample_dir, tmp_path):
     client = redis.Redis.from_url(broker.url, decode_responses=True)
-    workers = [nodes("a"), nodes("b")]
-    for worker in workers:
-        worker.wait_ready()
-    context = lambda: "\n".join(worker.log()[-3000:] for worker in workers)  # noqa: E731
+    workers, context = start_two(nodes)
     killer = submit(broker.url, config_file(sample_dir, tmp_path, KILLER_EXPERIMENT))
     others = [submit(broker.url, config_file(sample_dir, tmp_path, f"bystander-{k}")) for k in range(2)]
 
@@ -264,10 +270,7 @@ def test_task_killing_its_worker_every_time_fails_after_the_cap_and_others_flow(
 
 def test_redis_restart_mid_sweep_loses_no_trial_and_runs_none_twice(broker, nodes, sample_dir, tmp_path):
     client = redis.Redis.from_url(broker.url, decode_responses=True)
-    workers = [nodes("a"), nodes("b")]
-    for worker in workers:
-        worker.wait_ready()
-    context = lambda: "\n".join(worker.log()[-3000:] for worker in workers)  # noqa: E731
+    workers, context = start_two(nodes)
     sweep_file = tmp_path / "sweep.yaml"
     sweep_file.write_text(
         "method: grid\nmetric: {name: eval_loss, goal: minimize}\n"
@@ -309,10 +312,7 @@ def test_redis_restart_mid_sweep_loses_no_trial_and_runs_none_twice(broker, node
 def test_task_longer_than_the_visibility_timeout_runs_once(broker, nodes, sample_dir, tmp_path):
     client = redis.Redis.from_url(broker.url, decode_responses=True)
     # Redis hands an unacknowledged message to another worker after 3 s, while the training takes far longer.
-    workers = [nodes("a", DIALSUM_VISIBILITY_TIMEOUT="3"), nodes("b", DIALSUM_VISIBILITY_TIMEOUT="3")]
-    for worker in workers:
-        worker.wait_ready()
-    context = lambda: "\n".join(worker.log()[-3000:] for worker in workers)  # noqa: E731
+    workers, context = start_two(nodes, DIALSUM_VISIBILITY_TIMEOUT="3")
     run_id = submit(broker.url, config_file(sample_dir, tmp_path, "long", steps=120, every=120))
     run_dir = Path(wait_for_status(client, run_id, ("completed",), 300, context)["run_dir"])
 
@@ -328,22 +328,9 @@ def test_task_longer_than_the_visibility_timeout_runs_once(broker, nodes, sample
 
 def test_sigterm_during_train_requeues_and_another_worker_resumes(broker, nodes, sample_dir, tmp_path):
     client = redis.Redis.from_url(broker.url, decode_responses=True)
-    workers = [nodes("a"), nodes("b")]
-    for worker in workers:
-        worker.wait_ready()
-    context = lambda: "\n".join(worker.log()[-3000:] for worker in workers)  # noqa: E731
+    workers, context = start_two(nodes)
     run_id = submit(broker.url, config_file(sample_dir, tmp_path, "terminated", steps=60, every=10))
-    run_dir = Path(wait_for_status(client, run_id, ("running",), 120, context)["run_dir"])
-    holder = wait_until(
-        lambda: (lambda h: h if h and h["stage"] == "train" and saved_checkpoint(run_dir) else None)(
-            lease_holder(client, run_id)
-        ),
-        180,
-        "train with a checkpoint",
-        context,
-    )
-    stopped = next(worker for worker in workers if worker.name == holder["node"])
-    other = next(worker for worker in workers if worker is not stopped)
+    run_dir, stopped, other = training_with_a_checkpoint(client, run_id, workers, context)
     stopped.stop()  # SIGTERM: the soft-shutdown window (3 s here), then a cold shutdown that requeues the message
     assert stopped.process.returncode is not None
 
