@@ -1,8 +1,9 @@
 """A real cluster for the orchestration benchmarks: a private ``redis-server`` and ``dialsum worker``-style workers.
 
 The workers are started with exactly the command lines ``dialsum worker --gpus none --cpu-workers K`` plans
-(``tasks.worker.plan_workers``: prefork pool, concurrency 1, both queues, threads split between workers), except
-that ``-A`` may name a module under ``bench/`` that adds stand-in tasks to the real app.
+(``tasks.worker.plan_workers``: ``tasks.pool:TaskPool``, concurrency 1, both queues, threads split between workers),
+except that ``-A`` may name a module under ``bench/`` that adds stand-in tasks to the real app, and that the worker
+may be stock Celery prefork instead (``STOCK``: see ``bench/worker_variants.py``).
 """
 
 from __future__ import annotations
@@ -17,14 +18,22 @@ from pathlib import Path
 
 from benchlib import BENCH_DIR, REPO
 
-# The worker as it is, and with two proposed changes, switched on by bench-only environment variables that
-# bench/empty_stages.py and bench/standin_stages.py read (see BENCHMARKS.md).
-WORKER_VARIANTS = {
-    "current code": {},
-    "+ gc.freeze() after preload": {"BENCH_GC_FREEZE": "1"},
-    "+ gc.freeze() + 0.1 s pool check": {"BENCH_GC_FREEZE": "1", "BENCH_FAST_MAINTAIN": "1"},
-}
-CURRENT, PROPOSED = "current code", "+ gc.freeze() + 0.1 s pool check"
+# The worker as ``dialsum worker`` starts it, and stock Celery prefork: the same command line with ``--pool prefork``
+# and the preload's gc.freeze() undone (bench/worker_variants.py), to show what tasks/pool.py and the freeze are worth.
+PRODUCT, STOCK = "dialsum worker", "stock Celery prefork"
+VARIANTS = (PRODUCT, STOCK)
+
+
+def worker_command(argv: list[str], env: dict[str, str], variant: str) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of a ``variant`` worker, from what ``plan_workers`` planned."""
+    if variant == PRODUCT:
+        return argv, env
+    if variant != STOCK:
+        raise ValueError(f"unknown worker variant {variant!r}")
+    argv = list(argv)
+    argv[argv.index("--pool") + 1] = "prefork"
+    env = {key: value for key, value in env.items() if key != "CELERY_CUSTOM_WORKER_POOL"}
+    return argv, {**env, "BENCH_GC_UNFREEZE": "1"}
 
 
 def free_port() -> int:
@@ -40,14 +49,26 @@ class Cluster:
     Args:
         directory: Where redis and the workers' log live.
         workers: How many CPU workers (each consumes both queues, like a CPU-only node's).
-        app_module: The Celery app module given to ``-A`` (``tasks.app``, or a bench module importing it).
+        app_module: The Celery app module given to ``-A`` (``tasks.app``, or a bench module importing it; the stock
+            worker needs one, since ``bench/worker_variants.py`` undoes the freeze).
+        variant: ``PRODUCT`` or ``STOCK``.
         env: Extra environment of the workers.
     """
 
-    def __init__(self, directory: Path, workers: int, app_module: str = "tasks.app", env: dict | None = None):
+    def __init__(
+        self,
+        directory: Path,
+        workers: int,
+        app_module: str = "tasks.app",
+        variant: str = PRODUCT,
+        env: dict | None = None,
+    ):
+        if variant == STOCK and app_module == "tasks.app":
+            raise ValueError("the stock worker needs a bench module (-A worker_variants) to undo gc.freeze()")
         self.directory = directory
         self.workers = workers
         self.app_module = app_module
+        self.variant = variant
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.env = {
@@ -105,12 +126,12 @@ class Cluster:
 
         log = self.log_path.open("w")
         for spec in plan_workers("none", None, self.workers, available_cores(), loglevel="warning"):
-            argv = list(spec.argv)
+            argv, env = worker_command(list(spec.argv), spec.env, self.variant)
             argv[argv.index("tasks.app")] = self.app_module
             process = subprocess.Popen(
                 argv,
                 cwd=REPO,
-                env={**self.env, **spec.env},
+                env={**self.env, **env},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: stop() ends the pool children with it

@@ -4,7 +4,7 @@ A worker started with ``-A empty_stages`` is the real worker (``tasks.app`` sett
 pool child per task; ``tasks.stages`` signal handlers: torch preloaded in the parent, threads set in each child),
 running stages that only note when they started and ended. Benchmark-only: nothing in ``tasks/`` knows these tasks.
 
-Environment: ``BENCH_GC_FREEZE`` and ``BENCH_FAST_MAINTAIN`` switch on proposed changes (``bench/worker_variants.py``).
+Started as ``dialsum worker`` starts it, or as stock Celery prefork (``bench/worker_variants.py``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 
-import worker_variants  # noqa: F401  (BENCH_GC_FREEZE, BENCH_FAST_MAINTAIN)
+import worker_variants  # noqa: F401  (the stock-worker switch, after tasks.stages' handlers)
 
 import tasks.stages  # noqa: F401  (the worker's signal handlers: preload, threads)
 from pipeline.lifecycle import STAGES

@@ -5,8 +5,8 @@ count, run records, progress, cancel checks, sweep trial events that enqueue ``d
 app, so a sweep goes through all of its machinery; only ``pipeline.lifecycle.STAGE_FUNCTIONS`` is replaced, in the
 worker's process, by functions of known cost. Benchmark-only.
 
-Environment: ``BENCH_TRAIN_SECONDS`` (default 1), the stand-in train stage's duration; ``BENCH_GC_FREEZE`` and
-``BENCH_FAST_MAINTAIN`` switch on proposed changes (``bench/worker_variants.py``).
+Environment: ``BENCH_TRAIN_SECONDS`` (default 1), the stand-in train stage's duration. Started as ``dialsum worker``
+starts it, or as stock Celery prefork (``bench/worker_variants.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 import time
 from pathlib import Path
 
-import worker_variants  # noqa: F401  (BENCH_GC_FREEZE, BENCH_FAST_MAINTAIN)
+import worker_variants  # noqa: F401  (the stock-worker switch, after tasks.stages' handlers)
 
 import tasks.stages  # noqa: F401  (the real stage tasks, and the worker's signal handlers)
 from pipeline import lifecycle

@@ -1,7 +1,8 @@
 """Sweep scaling: T trials on K = 1, 2, 4 workers with a fixed-cost stand-in train stage, against the ideal.
 
 A real grid sweep (``PipelineClient.submit_sweep(..., parallel=K)``) over T seeds runs on a private redis-server and
-K real workers (``dialsum worker --gpus none --cpu-workers K`` command lines). The workers run the real stage tasks
+K real workers (``dialsum worker --gpus none --cpu-workers K`` command lines; also stock Celery prefork, see
+``bench/worker_variants.py``). The workers run the real stage tasks
 and sweep machinery with stand-in stage bodies (``bench/standin_stages.py``): train sleeps S seconds, the other
 three stages only write their manifest. Makespan: from ``submit_sweep`` until the client sees the sweep finished
 (leaderboard and report written). Ideal: ceil(T/K) x S. Target: makespan / ideal <= 1.05.
@@ -19,7 +20,7 @@ import uuid
 from pathlib import Path
 
 from benchlib import WORK_DIR, median, parse_args, print_table, quiet_libraries, run_json, verdict, write_results
-from cluster import CURRENT, PROPOSED, WORKER_VARIANTS, Cluster
+from cluster import PRODUCT, VARIANTS, Cluster
 
 TARGET = 1.05
 
@@ -56,18 +57,27 @@ def makespan(cluster: Cluster, trials: int, parallel: int) -> float:
 def measure(variant: str, workers: int, trials: int, stage_seconds: float, repeats: int) -> dict:
     """Start ``workers`` workers running ``variant`` and run ``repeats`` sweeps on them; their makespans."""
     scratch = WORK_DIR / "sweep_scaling" / uuid.uuid4().hex[:8]
-    env = {"BENCH_TRAIN_SECONDS": str(stage_seconds), **WORKER_VARIANTS[variant]}
-    with Cluster(scratch, workers, app_module="standin_stages", env=env) as cluster:
+    env = {"BENCH_TRAIN_SECONDS": str(stage_seconds)}
+    with Cluster(scratch, workers, app_module="standin_stages", variant=variant, env=env) as cluster:
         makespans = [makespan(cluster, trials, workers) for _ in range(repeats)]
     return {"makespans": makespans, "cluster_start_seconds": cluster.started_in}
 
 
+def _options(parser) -> None:
+    parser.add_argument("--trials", type=int, default=None, help="trials per sweep (default 8; quick 2)")
+    parser.add_argument("--train-seconds", type=float, default=None, help="stand-in train stage (default 6; quick 0.2)")
+    parser.add_argument("--workers", default=None, help="comma-separated K values (default 1,2,4; quick 1,2)")
+    parser.add_argument("--product-only", action="store_true", help=f"only the {PRODUCT} worker, not stock Celery")
+
+
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0], repeats=2)
-    # --quick checks that the script works, fast: 2 short trials, and only the worker with the proposed changes,
-    # whose hand-offs take a fraction of a second where the current worker's may take 5 s each.
-    trials, stage_seconds, worker_counts = (2, 0.2, (1, 2)) if args.quick else (8, 6.0, (1, 2, 4))
-    variants = [PROPOSED] if args.quick else [CURRENT, PROPOSED]
+    args = parse_args(__doc__.splitlines()[0], repeats=2, configure=_options)
+    # --quick checks that the script works, fast: 2 short trials, and only the product worker, whose hand-offs take
+    # a fraction of a second where stock Celery prefork's may take 5 s each (bench/orchestration.py --quick runs it).
+    trials = args.trials or (2 if args.quick else 8)
+    stage_seconds = args.train_seconds or (0.2 if args.quick else 6.0)
+    worker_counts = [int(k) for k in (args.workers or ("1,2" if args.quick else "1,2,4")).split(",")]
+    variants = [PRODUCT] if args.quick or args.product_only else list(VARIANTS)
     seconds: dict[str, dict[int, list[float]]] = {variant: {} for variant in variants}
     for workers in worker_counts:
         for variant in variants:

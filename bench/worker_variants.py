@@ -1,13 +1,17 @@
-"""Bench-only switches for two proposed changes to the worker, so that their effect can be measured.
+"""The two workers the orchestration benchmarks compare: ``dialsum worker`` as it is, and stock Celery prefork.
 
-Imported by the worker modules under ``bench/``:
+``dialsum worker`` carries two changes to how Celery's prefork pool serves one task per child (tasks/stages.py,
+tasks/pool.py). To show what they are worth, the benchmarks also run a worker with both undone, from ``bench/`` only:
 
-* ``BENCH_GC_FREEZE=1``: ``gc.freeze()`` after the preload. Celery runs ``gc.collect()`` in the worker's parent before
-  forking every pool child (celery/celery#2927); with torch and transformers preloaded that walks ~440k objects,
-  ~0.2 s per fork on 2 cores. Frozen objects are skipped.
-* ``BENCH_FAST_MAINTAIN=1``: check for exited pool children every 0.1 s instead of 5 s. With one task per child, a
-  child's exit that the pool misses (celery/celery#9588) is otherwise only noticed by a 5 s timer, and the next
-  task waits that long for its process.
+* ``--pool prefork`` instead of ``--pool custom`` (``tasks.pool:TaskPool``): Celery's own pool, which looks for an
+  exited child only every 5 s when it misses the exit (celery/celery#9588). ``bench/cluster.py`` rewrites the command
+  line that ``tasks.worker.plan_workers`` makes.
+* ``gc.unfreeze()`` after the preload (``BENCH_GC_UNFREEZE=1``, set by ``bench/cluster.py`` and read by the
+  ``worker_init`` handler below): Celery then collects the parent's ~440k objects (torch, transformers) before
+  forking every child (celery/celery#2927).
+
+Every bench worker module (``-A worker_variants``, ``-A empty_stages``, ``-A standin_stages``) imports this module
+after ``tasks.stages``; nothing in ``tasks/`` knows these switches.
 """
 
 from __future__ import annotations
@@ -15,28 +19,18 @@ from __future__ import annotations
 import gc
 import os
 
-from billiard.pool import RUN
 from celery import signals
-from celery.concurrency import asynpool
+
+import tasks.stages  # noqa: F401  (the worker's signal handlers, connected before ours: preload, then unfreeze)
+from tasks.app import app  # noqa: F401  (``-A worker_variants`` finds the real app here)
 
 
 @signals.worker_init.connect
-def _freeze_after_preload(**_) -> None:
-    if os.environ.get("BENCH_GC_FREEZE") == "1":
-        # The preload (tasks.stages) first, whichever worker_init handler runs first: freeze what it loads.
-        import pipeline.trainer  # noqa: F401
-
-        gc.freeze()
-
-
-def _maintain_while_running(pool):
-    # Only while the pool runs: replacing children of a pool that is closing keeps the worker from stopping.
-    def maintain() -> None:
-        if pool._state == RUN:
-            pool.maintain_pool()
-
-    return maintain
-
-
-if os.environ.get("BENCH_FAST_MAINTAIN") == "1":
-    asynpool.AsynPool.timers = property(lambda pool: {_maintain_while_running(pool): 0.1})
+def _unfreeze_after_preload(**_) -> None:
+    if os.environ.get("BENCH_GC_UNFREEZE") != "1":
+        return
+    # tasks.stages connected its preload first, so it has run and frozen the preloaded objects by now; a count of 0
+    # would mean the handler order changed and this worker would not be the stock one it claims to be.
+    if gc.get_freeze_count() == 0:
+        raise RuntimeError("BENCH_GC_UNFREEZE: nothing frozen; tasks.stages' preload did not run before this handler")
+    gc.unfreeze()

@@ -25,6 +25,7 @@ TTL plus a reaper tick), and the stage ends without touching the run's record.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -43,6 +44,9 @@ ACTIVE_KEY = "dialsum:active:{}"
 ACTIVE_INDEX = "dialsum:active"
 LEASE_LOG_KEY = "dialsum:leases:{}"
 REAP_LOCK_KEY = "dialsum:reap:{}"
+# kombu's Redis transport keeps fetched, unacknowledged messages here (its defaults, which tasks/app.py keeps).
+UNACKED_KEY = "unacked"
+UNACKED_INDEX_KEY = "unacked_index"
 _LOG_TTL = 30 * 24 * 3600
 
 # Compare-and-set on the lease's value (it holds a random token), so a holder never renews or deletes a lease that is
@@ -270,14 +274,66 @@ def reap_orphans(client: redis.Redis, republish) -> list[str]:
     return reaped
 
 
-def start_reaper(client_factory, republish) -> threading.Thread:
-    """Run :func:`reap_orphans` every ``DIALSUM_REAP_INTERVAL`` seconds in a daemon thread (worker parent process)."""
+def _run_id_of(payload: dict[str, Any]) -> str | None:
+    """The run id in a stage message's manifest (kombu payload, body ``[args, kwargs, embed]``), if any."""
+    try:
+        body = payload["body"]
+        if payload.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        return args[0].get("run_id") if args and isinstance(args[0], dict) else None
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
+def restore_abandoned(client: redis.Redis, restore, older_than: float) -> list[str]:
+    """Put back on their queues the messages fetched over ``older_than`` seconds ago that nothing is running.
+
+    With prefetch 1 a worker fetches a message only to run it at once, and a running stage holds its run's lease
+    within a second. A message still unacknowledged long after its fetch, whose run has no lease and no stage in
+    flight, was fetched by a worker that lost it: the worker died before its pool child started, or its broker
+    connection broke (a Redis restart) before the task began, after which Celery drops the reserved request and
+    kombu cannot return it. Redis alone would return it only after the visibility timeout (48 h).
+
+    Args:
+        client: Redis client on the broker.
+        restore: ``restore(delivery_tag)`` returns one message to its queue (kombu's own restore).
+        older_than: Seconds since the fetch after which a message counts as abandoned.
+
+    Returns:
+        The delivery tags restored.
+    """
+    restored = []
+    ceiling = time.time() - older_than
+    for tag in client.zrangebyscore(UNACKED_INDEX_KEY, 0, ceiling):
+        raw = client.hget(UNACKED_KEY, tag)
+        if raw is None:
+            continue
+        run_id = _run_id_of(json.loads(raw)[0])
+        if run_id and (client.exists(LEASE_KEY.format(run_id)) or client.sismember(ACTIVE_INDEX, run_id)):
+            continue  # running, or the reaper re-publishes it from its stage record
+        restore(tag)
+        logger.warning(
+            "message %s (run %s) was fetched %.0f s ago and never started; put back on its queue",
+            tag,
+            run_id or "-",
+            time.time() - float(client.zscore(UNACKED_INDEX_KEY, tag) or time.time()),
+        )
+        restored.append(tag)
+    return restored
+
+
+def start_reaper(client_factory, republish, restore) -> threading.Thread:
+    """Every ``DIALSUM_REAP_INTERVAL`` seconds, in a daemon thread of the worker's parent process: re-publish the
+    stages whose lease expired (:func:`reap_orphans`) and return abandoned messages (:func:`restore_abandoned`)."""
 
     def loop() -> None:
         while True:
             time.sleep(reap_interval())
             try:
-                reap_orphans(client_factory(), republish)
+                client = client_factory()
+                reap_orphans(client, republish)
+                restore_abandoned(client, restore, older_than=2 * lease_seconds())
             except redis.RedisError as error:  # broker away: try again next tick
                 logger.warning("lease reaper: %s", error)
             except Exception:  # never let the thread die: a dead reaper means slow recovery for every run

@@ -59,7 +59,7 @@ def _preload_libraries(**_: Any) -> None:
 def _start_lease_reaper(**_: Any) -> None:
     # In the worker's parent process: it outlives the pool children, so a run whose whole worker died elsewhere is
     # re-enqueued by whichever worker is still alive (tasks/lease.py).
-    start_reaper(redis_client, republish)
+    start_reaper(redis_client, republish, restore_message)
 
 
 def republish(message: dict[str, Any]) -> None:
@@ -71,6 +71,12 @@ def republish(message: dict[str, Any]) -> None:
         chain=message.get("chain"),
         queue=message.get("queue"),
     )
+
+
+def restore_message(delivery_tag: str) -> None:
+    """Return one fetched, unacknowledged message to its queue, the way kombu does after the visibility timeout."""
+    with app.connection_for_write() as connection:
+        connection.default_channel.qos.restore_by_tag(delivery_tag)
 
 
 @signals.worker_process_init.connect

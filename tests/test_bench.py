@@ -1,5 +1,9 @@
 """Every benchmark in bench/ still runs: each script with --quick (tiny sizes) exits 0, prints its table and writes
-its results JSON. No timing is asserted: the figures belong to BENCHMARKS.md, measured on a quiet machine."""
+its results JSON. No timing is asserted: the figures belong to BENCHMARKS.md, measured on a quiet machine.
+
+The scripts are started together and each test waits for its own: most of their time is process start-up and
+waiting on workers, so running them side by side keeps this module near one minute instead of three.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,45 +19,63 @@ from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
-# Script -> a line its table must print.
-SCRIPTS = {
-    "rouge.py": "| compute_rouge, warm cache |",
-    "prepare_data.py": "| cached prepare (fingerprint, load) |",
-    "generation.py": "| untrained (random init) |",
-    "train_throughput.py": "| ours / plain |",
-    "orchestration.py": "| stage ends -> next stage starts |",
-    "sweep_scaling.py": "| makespan / ideal |",
+# Command -> a line its table must print.
+COMMANDS = {
+    "rouge": ([sys.executable, "bench/rouge.py"], "| compute_rouge, warm cache |"),
+    "prepare_data": ([sys.executable, "bench/prepare_data.py"], "| cached prepare (fingerprint, load) |"),
+    "generation": ([sys.executable, "bench/generation.py"], "| DialogSum, untrained |"),
+    "train_throughput": ([sys.executable, "bench/train_throughput.py"], "| ours / plain |"),
+    "orchestration": ([sys.executable, "bench/orchestration.py"], "| stage ends -> next stage starts |"),
+    "sweep_scaling": ([sys.executable, "bench/sweep_scaling.py"], "| makespan / ideal |"),
+    "gpu": (["bash", "bench/gpu.sh"], "| generation summaries/s |"),
 }
 
 
-def _run(command: list[str], tmp_path) -> tuple[str, dict]:
-    out = tmp_path / "results.json"
-    result = subprocess.run(
-        [*command, "--quick", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**_environment(), "DIALSUM_BENCH_WORK": str(tmp_path / "work")},
-    )
-    output = f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    assert result.returncode == 0, f"{command} exited {result.returncode}:\n{output}"
-    return result.stdout, json.loads(out.read_text())
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory) -> dict[str, tuple[subprocess.Popen, Path]]:
+    """Every benchmark started with --quick, each with its own results file, log and scratch directory."""
+    directory = tmp_path_factory.mktemp("bench")
+    processes = {}
+    for name, (command, _) in COMMANDS.items():
+        log = (directory / f"{name}.log").open("w")
+        env = {**os.environ, "WANDB_MODE": "disabled", "DIALSUM_BENCH_WORK": str(directory / f"{name}-work")}
+        process = subprocess.Popen(
+            [*command, "--quick", "--out", str(directory / f"{name}.json")],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        processes[name] = (process, directory)
+    yield processes
+    for process, _ in processes.values():
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
 
 
-def _environment() -> dict:
-    return {**os.environ, "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+def _finished(launched, name: str) -> tuple[str, dict]:
+    process, directory = launched[name]
+    try:
+        code = process.wait(timeout=600)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"bench {name} --quick did not finish in 10 minutes")
+    output = (directory / f"{name}.log").read_text()
+    assert code == 0, f"bench {name} --quick exited {code}:\n{output[-5000:]}"
+    return output, json.loads((directory / f"{name}.json").read_text())
 
 
-@pytest.mark.parametrize("script", list(SCRIPTS))
-def test_benchmark_script_runs_quick(script, tmp_path):
-    stdout, results = _run([sys.executable, f"bench/{script}"], tmp_path)
-    assert SCRIPTS[script] in stdout
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_benchmark_runs_quick_and_prints_its_table(launched, name):
+    output, results = _finished(launched, name)
+    assert COMMANDS[name][1] in output
     assert results["quick"] is True and results["machine"]["nproc"] >= 1
 
 
-def test_gpu_script_runs_quick_on_whatever_device_is_there(tmp_path):
-    stdout, results = _run(["bash", "bench/gpu.sh"], tmp_path)
+def test_gpu_benchmark_prints_every_figure(launched):
+    output, results = _finished(launched, "gpu")
     for figure in ("training samples/s", "training tokens/s", "MFU", "generation summaries/s"):
-        assert f"| {figure} |" in stdout
+        assert f"| {figure} |" in output
     assert results["train"]["samples_per_second"] > 0 and results["generation"]["summaries_per_second"] > 0

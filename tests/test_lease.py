@@ -18,6 +18,7 @@ from tasks.lease import (
     lease_log,
     reap_orphans,
     register_active,
+    restore_abandoned,
 )
 
 
@@ -114,3 +115,27 @@ def test_clear_active_leaves_a_later_stage_alone(client):
     register_active(client, "run-1", message("task-evaluate"))
     clear_active(client, "run-1", "task-train")
     assert client.sismember(ACTIVE_INDEX, "run-1")
+
+
+def test_messages_fetched_long_ago_and_never_started_go_back_to_their_queue(client, redis_server):
+    from kombu import Connection
+
+    with Connection(redis_server.url) as connection:
+        queue = connection.SimpleQueue("gpu", serializer="json")
+        for run_id in ("run-lost", "run-leased", "run-active"):
+            queue.put([[{"run_id": run_id}], {}, {}])  # a stage message's body: [args, kwargs, embed]
+        fetched = [queue.get(timeout=5) for _ in range(3)]  # fetched by a worker that never acknowledges them
+        assert client.hlen("unacked") == 3 and client.llen("gpu") == 0
+        assert Lease(client, "run-leased", "train", "t", "cpu0@a").acquire() is None
+        register_active(client, "run-active", message())
+
+        def restore(tag: str) -> None:
+            connection.default_channel.qos.restore_by_tag(tag)
+
+        assert restore_abandoned(client, restore, older_than=60) == []  # fetched just now: maybe about to run
+        restored = restore_abandoned(client, restore, older_than=0)
+        assert restored == [next(m.delivery_tag for m in fetched if m.payload[0][0]["run_id"] == "run-lost")]
+        assert client.hlen("unacked") == 2
+        again = queue.get(timeout=5)
+        assert again.payload[0][0]["run_id"] == "run-lost" and again.headers.get("redelivered") is True
+        queue.close()
