@@ -15,6 +15,10 @@ holds a lease on its run id instead:
   active run whose lease has expired: same task id, same chain, so the client's handles and the redelivery count
   stay what they were. The old message, when Redis finally restores it, finds the run leased, moved on or ended,
   and is dropped (``tasks/stages.py``).
+* Messages that a worker fetched but never started (it died before its pool child began, or a broker restart broke
+  its connection first, after which Celery drops the reserved request) hold no lease and no stage record. The same
+  reaper puts back on its queue any message unacknowledged for ``2 x DIALSUM_LEASE_SECONDS`` whose run is neither
+  leased nor recorded as in flight (:func:`restore_abandoned`, with kombu's own restore).
 * ``dialsum:leases:<run_id>``: a log of every lease taken and given back (node, pid, stage, times). It is how
   ``dialsum status`` and the tests show that no two workers ever trained a run at the same time.
 
