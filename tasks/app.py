@@ -70,6 +70,11 @@ def stage_time_limit(stage: str) -> int:
     return int(os.environ.get(f"DIALSUM_TIME_LIMIT_{stage.upper()}", STAGE_TIME_LIMITS[stage]))
 
 
+def stage_soft_time_limit(stage: str) -> int:
+    """Soft time limit of ``stage``: 60 s before the hard one, so the stage can fail cleanly (at least 1 s)."""
+    return max(stage_time_limit(stage) - 60, 1)
+
+
 app = Celery("dialsum", include=["tasks.stages"])
 app.conf.update(
     # broker_url and result_backend, plus broker_use_ssl / redis_backend_use_ssl derived from a rediss:// URL: kombu

@@ -126,7 +126,7 @@ class Lease:
         """Take the lease; None on success, else the live holder's record (then this process must not run the stage).
 
         A holder on this host whose process no longer exists (its pool child was killed and Celery requeued the
-        message) is taken over without waiting for the TTL.
+        message), and a lease ended by :func:`end_lease`, are taken over without waiting for the TTL.
         """
         ttl_ms = int(lease_seconds() * 1000)
         payload = self.payload
@@ -137,7 +137,8 @@ class Lease:
         current = _value(current_text)
         if current is None:  # expired between the two calls
             return self.acquire()
-        if current.get("host") == self.holder["host"] and not _pid_alive(int(current.get("pid", 0))):
+        dead_here = current.get("host") == self.holder["host"] and not _pid_alive(int(current.get("pid", 0)))
+        if current.get("ended") or dead_here:
             # Take over only the lease we saw, in one step: a third process may be racing for it too.
             with self.client.pipeline() as pipe:
                 try:
@@ -196,14 +197,45 @@ class Lease:
             logger.warning("lease of run %s not released: %s", self.run_id, error)
 
     def _log(self, event: str, **extra: Any) -> None:
-        entry = {**{k: v for k, v in self.holder.items() if k != "token"}, "event": event, "at": time.time(), **extra}
-        if "previous" in entry:
-            entry["previous"] = {k: v for k, v in entry["previous"].items() if k != "token"}
-        key = LEASE_LOG_KEY.format(self.run_id)
-        with self.client.pipeline() as pipe:
-            pipe.rpush(key, json.dumps(entry))
-            pipe.expire(key, _LOG_TTL)
+        _append_log(self.client, self.run_id, self.holder, event, **extra)
+
+
+def _append_log(client: redis.Redis, run_id: str, holder: dict[str, Any], event: str, **extra: Any) -> None:
+    """One entry of the run's lease log: the holder (without its token), the event, when, and ``extra``."""
+    entry = {**{k: v for k, v in holder.items() if k != "token"}, "event": event, "at": time.time(), **extra}
+    if "previous" in entry:
+        entry["previous"] = {k: v for k, v in entry["previous"].items() if k != "token"}
+    key = LEASE_LOG_KEY.format(run_id)
+    with client.pipeline() as pipe:
+        pipe.rpush(key, json.dumps(entry))
+        pipe.expire(key, _LOG_TTL)
+        pipe.execute()
+
+
+def end_lease(client: redis.Redis, run_id: str, task_id: str, reason: str) -> bool:
+    """End the lease of task ``task_id`` on behalf of its process, which Celery is about to kill (hard time limit).
+
+    The lease is not deleted but marked ended until its TTL runs out: a deleted one could be taken again by the
+    holder's renewal thread in the moment before the kill, whereas a changed value makes that renewal fail. A new
+    delivery of the run takes an ended lease over at once (:meth:`Lease.acquire`).
+
+    Returns:
+        Whether the lease was task ``task_id``'s and is now ended.
+    """
+    key = LEASE_KEY.format(run_id)
+    with client.pipeline() as pipe:
+        try:
+            pipe.watch(key)
+            current = _value(pipe.get(key))
+            if current is None or current.get("task_id") != task_id:
+                return False
+            pipe.multi()
+            pipe.set(key, json.dumps({**current, "ended": reason}), keepttl=True)
             pipe.execute()
+        except redis.WatchError:
+            return False
+    _append_log(client, run_id, current, "ended", reason=reason)
+    return True
 
 
 def lease_log(client: redis.Redis, run_id: str) -> list[dict[str, Any]]:

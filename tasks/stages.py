@@ -20,10 +20,10 @@ from typing import Any
 
 import redis
 from celery import signals
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, SoftTimeLimitExceeded, TimeLimitExceeded
 
-from tasks.app import app, max_deliveries, stage_time_limit
-from tasks.lease import Lease, clear_active, start_reaper
+from tasks.app import app, max_deliveries, stage_soft_time_limit, stage_time_limit
+from tasks.lease import Lease, clear_active, end_lease, start_reaper
 from tasks.state import FINAL_STATUSES, cancel_requested, count_delivery, read_run, redis_client, write_run
 from tasks.sweeps import on_trial_event, prune_requested, record_evaluation
 
@@ -243,11 +243,14 @@ def _run_leased(task, stage: str, manifest: dict[str, Any], lease: Lease) -> dic
         else:
             result = function(manifest)
     except BaseException as error:
-        if lease.lost.is_set():
+        if lease.lost.is_set() and isinstance(error, Exception):  # SystemExit (the pool ending this child) goes on
             # Another worker may own the run by now: leave its record alone; the reaper re-enqueues the stage.
             logger.error("%s of run %s stopped: lease lost (%s: %s)", stage, run_id, type(error).__name__, error)
             raise Ignore() from error
-        if isinstance(error, RunCancelled):
+        if _caused_by(error, SoftTimeLimitExceeded):  # the trainer wraps it: RuntimeError("training failed: ...")
+            _mark_ended(manifest, stage, "failed", time_limit_reason(stage, run_id, soft=True))
+            clear_active(redis_client(), run_id, task.request.id)
+        elif isinstance(error, RunCancelled):
             _mark_ended(manifest, stage, "pruned" if prune_requested(run_id) else "cancelled", str(error))
             clear_active(redis_client(), run_id, task.request.id)
         elif isinstance(error, Exception):
@@ -263,6 +266,15 @@ def _run_leased(task, stage: str, manifest: dict[str, Any], lease: Lease) -> dic
     return result
 
 
+def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
+    """Whether ``error`` is a ``kind``, or was raised from (or while handling) one."""
+    while error is not None:
+        if isinstance(error, kind):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def _mark_done(manifest: dict[str, Any], stage: str) -> None:
     finished = stage == "generate_predictions"
     write_run(manifest["run_id"], status="completed" if finished else "running", stage=stage)
@@ -276,10 +288,49 @@ def _mark_ended(manifest: dict[str, Any], stage: str, status: str, reason: str) 
     on_trial_event(manifest, status, reason)
 
 
-def _stage_task(stage: str):
-    limit = stage_time_limit(stage)
+def time_limit_reason(stage: str, run_id: str, soft: bool) -> str:
+    """Why a stage that ran out of time failed, and what to change."""
+    which = f"soft time limit ({stage_soft_time_limit(stage)} s, 60 s before the hard one)" if soft else "time limit"
+    fix = "Raise it there (and restart the worker), or make the stage shorter"
+    if stage == "train":
+        fix += " (training.max_steps); submitting the run again resumes from its last checkpoint"
+    return (
+        f"{stage} of run {run_id} ran past its {which}: "
+        f"DIALSUM_TIME_LIMIT_{stage.upper()}={stage_time_limit(stage)} s on the worker. {fix}"
+    )
 
-    @app.task(name=f"dialsum.{stage}", bind=True, time_limit=limit, soft_time_limit=max(limit - 60, 1))
+
+@signals.task_failure.connect
+def _stage_killed_at_its_time_limit(sender=None, task_id=None, exception=None, args=None, **_: Any) -> None:
+    # A stage past its hard time limit (stuck in native code, deaf to the soft limit's exception) is killed with its
+    # pool child, and Celery reports it here, in the worker's parent. The child could not end the run itself: without
+    # this, its lease would expire and the reaper would run the stage again, up to the delivery cap.
+    if not isinstance(exception, TimeLimitExceeded) or sender is None:
+        return
+    stage = sender.name.removeprefix("dialsum.")
+    if stage not in _STAGE_OUTPUT or not args:
+        return
+    try:
+        manifest = check_manifest(args[0], stage)
+        record = read_run(manifest["run_id"])
+        if record is not None and record.get("status") in FINAL_STATUSES:
+            return  # Celery reports a hard time limit twice (on_failure and on_timeout): act once
+        reason = time_limit_reason(stage, manifest["run_id"], soft=False)
+        client = redis_client()
+        end_lease(client, manifest["run_id"], task_id, reason)
+        _mark_ended(manifest, stage, "failed", reason)
+        clear_active(client, manifest["run_id"], task_id)
+    except Exception:  # a failing signal handler must not take the worker's parent down
+        logger.exception("could not record the time limit of %s (task %s)", stage, task_id)
+
+
+def _stage_task(stage: str):
+    @app.task(
+        name=f"dialsum.{stage}",
+        bind=True,
+        time_limit=stage_time_limit(stage),
+        soft_time_limit=stage_soft_time_limit(stage),
+    )
     def stage_task(self, manifest):
         return run_stage(self, stage, manifest)
 

@@ -27,7 +27,7 @@ from pipeline.registry import ModelRegistry
 from tasks.lease import lease_holder, lease_log
 from tasks.worker import plan_workers
 from tests.conftest import REPO, RedisServer, micro_config_dict
-from tests.fault_stages import KILLER_EXPERIMENT
+from tests.fault_stages import DEAF_EXPERIMENT, KILLER_EXPERIMENT
 
 pytestmark = pytest.mark.slow
 
@@ -328,7 +328,8 @@ def test_task_longer_than_the_visibility_timeout_runs_once(broker, nodes, sample
     run_id = submit(broker.url, config_file(sample_dir, tmp_path, "long", steps=120, every=120))
     run_dir = Path(wait_for_status(client, run_id, ("completed",), 300, context)["run_dir"])
 
-    assert f"dropping train of run {run_id}" in context()  # the message came back while train ran...
+    # The message came back (kombu checks for overdue messages every 10 s, so possibly only after train ended)...
+    wait_until(lambda: f"dropping train of run {run_id}" in context(), 60, "the returned message dropped", context)
     assert len(takes(client, run_id, "train")) == 1  # ...and train ran once
     train = json.loads((run_dir / "manifest.json").read_text())["stages"]["train"]
     assert train["resumed_from"] is None and train["global_step"] == 120
@@ -341,13 +342,45 @@ def test_task_longer_than_the_visibility_timeout_runs_once(broker, nodes, sample
 def test_sigterm_during_train_requeues_and_another_worker_resumes(broker, nodes, sample_dir, tmp_path):
     client = redis.Redis.from_url(broker.url, decode_responses=True)
     workers, context = start_two(nodes)
-    run_id = submit(broker.url, config_file(sample_dir, tmp_path, "terminated", steps=60, every=10))
+    # Long enough that the training cannot finish within the stopped worker's 3 s soft-shutdown window.
+    run_id = submit(broker.url, config_file(sample_dir, tmp_path, "terminated", steps=300, every=20))
     run_dir, stopped, other = training_with_a_checkpoint(client, run_id, workers, context)
     stopped.stop()  # SIGTERM: the soft-shutdown window (3 s here), then a cold shutdown that requeues the message
     assert stopped.process.returncode is not None
 
     wait_for_status(client, run_id, ("completed",), 300, context)
     train = json.loads((run_dir / "manifest.json").read_text())["stages"]["train"]
-    assert train["resumed_from"] and train["global_step"] == 60
+    assert train["resumed_from"] and train["global_step"] == 300
     assert [e["node"] for e in takes(client, run_id, "train")] == [stopped.name, other.name]
     assert len(registered_models(tmp_path / "artifacts", run_id)) == 1
+
+
+# --- 9. stages past their time limit ----------------------------------------------------------------------------------
+
+
+def test_a_stage_past_its_time_limit_fails_once_with_the_setting_to_raise(broker, nodes, sample_dir, tmp_path):
+    client = redis.Redis.from_url(broker.url, decode_responses=True)
+    # A 5 s limit for train, so the soft limit is at 1 s; short leases, so a wrongful re-run would show within seconds.
+    workers, context = start_two(nodes, DIALSUM_TIME_LIMIT_TRAIN="5", DIALSUM_LEASE_SECONDS="3")
+    # One training sees the soft limit's exception and ends itself; the other is deaf to it and is killed at 5 s.
+    soft = submit(broker.url, config_file(sample_dir, tmp_path, "slow", steps=5000, every=5000))
+    hard = submit(broker.url, config_file(sample_dir, tmp_path, DEAF_EXPERIMENT))
+
+    soft_record = wait_for_status(client, soft, ("failed",), 180, context)
+    assert "train of run" in soft_record["error"] and "ran past its soft time limit (1 s" in soft_record["error"]
+    assert "DIALSUM_TIME_LIMIT_TRAIN=5 s on the worker. Raise it there" in soft_record["error"]
+    hard_record = wait_for_status(client, hard, ("failed",), 180, context)
+    assert f"train of run {hard} ran past its time limit: DIALSUM_TIME_LIMIT_TRAIN=5 s" in hard_record["error"]
+    train_task = json.loads(hard_record["task_ids"])[1]
+    assert json.loads(client.get(f"celery-task-meta-{train_task}"))["result"]["exc_type"] == "TimeLimitExceeded"
+    assert [e["event"] for e in lease_log(client, hard) if e["stage"] == "train"] == ["acquired", "ended"]
+
+    # Neither is run again: the killed one's lease was ended and its stage record cleared, so after several lease
+    # lifetimes and reaper ticks each training was still started once, and both workers are up.
+    time.sleep(3 * 3 + 2 * 5)
+    for run_id in (soft, hard):
+        assert len(takes(client, run_id, "train")) == 1, lease_log(client, run_id)
+        assert not client.sismember("dialsum:active", run_id)
+        assert record(client, run_id)["status"] == "failed"
+    for worker in workers:
+        assert worker.process.poll() is None

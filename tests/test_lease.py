@@ -14,6 +14,7 @@ from tasks.lease import (
     ACTIVE_INDEX,
     Lease,
     clear_active,
+    end_lease,
     lease_holder,
     lease_log,
     reap_orphans,
@@ -51,6 +52,25 @@ def test_one_holder_at_a_time_and_release_frees_the_run(client):
     assert lease_holder(client, "run-1") is None
     assert Lease(client, "run-1", "evaluate", "task-2", "cpu0@b").acquire() is None
     assert [event["event"] for event in lease_log(client, "run-1")] == ["acquired", "released", "acquired"]
+
+
+def test_an_ended_lease_stops_its_holder_and_is_taken_over_at_once(client):
+    # What the worker's parent does for a pool child it is about to kill at the hard time limit.
+    stuck = Lease(client, "run-1", "train", "task-1", "cpu0@a")
+    assert stuck.acquire() is None
+    stuck.start_renewing()
+    assert not end_lease(client, "run-1", "task-0", "time limit")  # not that task's lease: untouched
+    assert end_lease(client, "run-1", "task-1", "time limit")
+    assert wait_for(stuck.lost.is_set)  # its renewal finds a changed value and gives up, never re-taking it
+    assert lease_holder(client, "run-1")["ended"] == "time limit"
+    # A resubmission, from another node, long before the TTL: no wait for the ended lease to expire.
+    client.pexpire("dialsum:lease:run-1", 60_000)
+    assert Lease(client, "run-1", "train", "task-5", "cpu0@b").acquire() is None
+    assert lease_holder(client, "run-1")["node"] == "cpu0@b"
+    assert [event["event"] for event in lease_log(client, "run-1")] == ["acquired", "ended", "taken over"]
+    assert lease_log(client, "run-1")[1]["reason"] == "time limit"
+    stuck.release()  # the old holder's release does not touch the new lease
+    assert lease_holder(client, "run-1")["node"] == "cpu0@b"
 
 
 def test_renewal_keeps_the_lease_past_its_ttl(client):
