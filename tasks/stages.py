@@ -121,6 +121,8 @@ def _progress_reporter(task, run_id: str):
             write_run(run_id, progress=meta)
             if "eval" in meta:
                 record_evaluation(run_id, meta["step"], meta["eval"])
+        except SoftTimeLimitExceeded:
+            raise  # Celery's signal to end the stage, raised wherever the stage is at that moment: often here
         except Exception as error:  # noqa: BLE001 (any broker or backend error)
             logger.warning("progress of run %s not reported: %s", run_id, error)
 
