@@ -20,6 +20,20 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def wait_until(predicate, timeout: float, what: str, context=lambda: "", interval: float = 0.2):
+    """The first truthy value of ``predicate()``, polled every ``interval`` s; fails naming ``what`` after ``timeout``.
+
+    ``context()`` (the end of a log, say) is shown with the failure.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"no {what} within {timeout:.0f} s\n{context()[-6000:]}")
+
+
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory) -> Path:
     """Korean sample data (train 300, dev 30, test 15 rows) written once per session."""

@@ -26,7 +26,7 @@ from pipeline.config import ConfigManager
 from pipeline.registry import ModelRegistry
 from tasks.lease import lease_holder, lease_log
 from tasks.worker import plan_workers
-from tests.conftest import REPO, RedisServer, micro_config_dict
+from tests.conftest import REPO, RedisServer, micro_config_dict, wait_until
 from tests.fault_stages import DEAF_EXPERIMENT, KILLER_EXPERIMENT
 
 pytestmark = pytest.mark.slow
@@ -68,17 +68,6 @@ class Node:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=10)
-
-
-def wait_until(predicate, timeout: float, what: str, context=lambda: ""):
-    """The first truthy value of ``predicate()``, polled every 0.2 s; fails naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"no {what} within {timeout:.0f} s\n{context()[-6000:]}")
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from tasks.lease import (
     register_active,
     restore_abandoned,
 )
+from tests.conftest import wait_until
 
 
 @pytest.fixture
@@ -32,15 +33,6 @@ def client(redis_server, monkeypatch):
 
 def message(task_id: str = "task-1") -> dict:
     return {"task": "dialsum.train", "task_id": task_id, "manifest": {"run_id": "run-1"}, "chain": [], "queue": "gpu"}
-
-
-def wait_for(predicate, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_one_holder_at_a_time_and_release_frees_the_run(client):
@@ -61,7 +53,8 @@ def test_an_ended_lease_stops_its_holder_and_is_taken_over_at_once(client):
     stuck.start_renewing()
     assert not end_lease(client, "run-1", "task-0", "time limit")  # not that task's lease: untouched
     assert end_lease(client, "run-1", "task-1", "time limit")
-    assert wait_for(stuck.lost.is_set)  # its renewal finds a changed value and gives up, never re-taking it
+    # Its renewal finds a changed value and gives up, never re-taking it.
+    wait_until(stuck.lost.is_set, 10, "lost lease noticed")
     assert lease_holder(client, "run-1")["ended"] == "time limit"
     # A resubmission, from another node, long before the TTL: no wait for the ended lease to expire.
     client.pexpire("dialsum:lease:run-1", 60_000)
@@ -98,7 +91,7 @@ def test_a_lease_someone_else_took_is_lost_and_the_holder_stops(client):
     assert lease.acquire() is None
     lease.start_renewing()
     client.set("dialsum:lease:run-1", '{"node": "cpu0@b"}', px=60_000)
-    assert wait_for(lease.lost.is_set)
+    wait_until(lease.lost.is_set, 10, "lost lease noticed")
     lease.release()  # never deletes the other holder's lease
     assert lease_holder(client, "run-1") == {"node": "cpu0@b"}
 
@@ -109,7 +102,7 @@ def test_a_lease_redis_forgot_is_taken_again_with_its_stage_message(client):
     lease.record_message(message())
     lease.start_renewing()
     client.flushdb()  # a Redis restarted without persistence
-    assert wait_for(lambda: lease_holder(client, "run-1") is not None)
+    wait_until(lambda: lease_holder(client, "run-1") is not None, 10, "lease taken again")
     assert not lease.lost.is_set()
     assert client.sismember(ACTIVE_INDEX, "run-1")
     assert "retaken" in [event["event"] for event in lease_log(client, "run-1")]

@@ -19,7 +19,7 @@ import pytest
 
 from tasks.flower import flower_command
 from tasks.worker import configure_worker_process, plan_workers
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("dialsum.prepare_data", "dialsum.train", "dialsum.evaluate", "dialsum.generate_predictions")
@@ -307,8 +307,17 @@ def test_a_dead_worker_is_reported_and_the_others_keep_running(redis_server, tmp
     launcher = start(["worker", "--gpus", "none", "--cpu-workers", "2"], env, log)
     try:
         wait_for_ping(node("cpu0"), env, launcher, log)
-        os.kill(wait_for(lambda: worker_main_pid(launcher, "cpu1@%h"), "cpu1 running", log), signal.SIGKILL)
-        wait_for(lambda: "cpu1@%h died unexpectedly (killed by SIGKILL)" in log.read_text(), "the death logged", log)
+        os.kill(
+            wait_until(lambda: worker_main_pid(launcher, "cpu1@%h"), 40, "cpu1 running", log.read_text, interval=0.5),
+            signal.SIGKILL,
+        )
+        wait_until(
+            lambda: "cpu1@%h died unexpectedly (killed by SIGKILL)" in log.read_text(),
+            40,
+            "the death logged",
+            log.read_text,
+            interval=0.5,
+        )
         assert launcher.poll() is None
         assert "pong" in inspect("ping", env, node("cpu0"))
         assert stop(launcher) == 1  # one worker failed
@@ -331,16 +340,6 @@ def get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, bytes]:
         return 0, b""  # not listening yet
 
 
-def wait_for(check, what: str, log: Path, timeout: float = 40):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.5)
-    raise AssertionError(f"{what} within {timeout} s:\n{log.read_text()}")
-
-
 def listed_workers(base: str, auth: tuple[str, str]) -> list[str]:
     status, body = get(f"{base}/api/workers?refresh=true", auth)
     return list(json.loads(body)) if status == 200 else []
@@ -361,14 +360,32 @@ def test_flower_lists_workers_only_with_credentials(redis_server, tmp_path):
         processes.append(start(["flower", "--port", str(generated_port)], env, generated_log))
 
         given = f"http://127.0.0.1:{given_port}"
-        wait_for(lambda: get(f"{given}/healthcheck")[0] == 200, "Flower answering /healthcheck", given_log)
-        nodes = wait_for(lambda: listed_workers(given, ("test", "secret")), "the worker listed by Flower", worker_log)
+        wait_until(
+            lambda: get(f"{given}/healthcheck")[0] == 200,
+            40,
+            "Flower answering /healthcheck",
+            given_log.read_text,
+            interval=0.5,
+        )
+        nodes = wait_until(
+            lambda: listed_workers(given, ("test", "secret")),
+            40,
+            "the worker listed by Flower",
+            worker_log.read_text,
+            interval=0.5,
+        )
         assert node("cpu0") in nodes, nodes
         assert get(f"{given}/api/workers")[0] == 401
         assert get(f"{given}/api/workers", ("test", "wrong"))[0] == 401
 
         generated = f"http://127.0.0.1:{generated_port}"
-        wait_for(lambda: get(f"{generated}/healthcheck")[0] == 200, "Flower answering /healthcheck", generated_log)
+        wait_until(
+            lambda: get(f"{generated}/healthcheck")[0] == 200,
+            40,
+            "Flower answering /healthcheck",
+            generated_log.read_text,
+            interval=0.5,
+        )
         lines = [line for line in generated_log.read_text().splitlines() if "password:" in line]
         assert len(lines) == 1 and lines[0].startswith(f"Flower: {generated}  user: dialsum  password: ")
         password = lines[0].rsplit(" ", 1)[1]
