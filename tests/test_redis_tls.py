@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from tasks.broker import celery_settings, tls_options
-from tests.conftest import free_port, micro_config_dict
+from tests.conftest import free_port, micro_config_dict, wait_until
 from tests.secure_redis import SecureRedisServer, make_certificates
-from tests.test_worker_flower import cleanup, get, node, start, wait_for, wait_for_ping
+from tests.test_worker_flower import cleanup, get, node, start, wait_for_ping
 
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "tls+Redis/pw@42%"  # characters that change when percent-encoded
@@ -164,5 +164,11 @@ def test_a_run_goes_through_worker_client_flower_and_exporter_over_tls(tls_clust
         tasks = json.loads(body).values() if code == 200 else []
         return [task["name"] for task in tasks if task["state"] == "SUCCESS" and run_id in (task.get("args") or "")]
 
-    names = wait_for(lambda: len(succeeded()) == 4 and succeeded(), "Flower seeing the four stages succeed", log)
+    names = wait_until(
+        lambda: len(succeeded()) == 4 and succeeded(),
+        40,
+        "Flower seeing the four stages succeed",
+        log.read_text,
+        interval=0.5,
+    )
     assert sorted(names) == sorted(f"dialsum.{stage}" for stage in stages)

@@ -21,9 +21,9 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from tests.conftest import free_port, micro_config_dict
+from tests.conftest import free_port, micro_config_dict, wait_until
 from tests.secure_redis import SecureRedisServer
-from tests.test_worker_flower import cleanup, get, node, processes_with, start, wait_for, wait_for_ping
+from tests.test_worker_flower import cleanup, get, node, processes_with, start, wait_for_ping
 
 REPO = Path(__file__).resolve().parents[1]
 # '+', '/', '@' and '%' change when percent-encoded, so the encoded forms are searched for as well.
@@ -242,7 +242,9 @@ def test_no_secret_in_logs_files_flower_or_redis(secured, finished_run):
         code, body = get(f"{flower}/api/tasks", auth)
         return body if code == 200 and all(task_id.encode() in body for task_id in task_ids) else b""
 
-    tasks = wait_for(tasks_seen, "Flower listing the run's tasks", secured["logs"]["flower"])
+    tasks = wait_until(
+        tasks_seen, 40, "Flower listing the run's tasks", secured["logs"]["flower"].read_text, interval=0.5
+    )
     haystack.append(("Flower /api/tasks", tasks))
     for task_id in task_ids:
         code, body = get(f"{flower}/api/task/info/{task_id}", auth)
