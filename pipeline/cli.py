@@ -8,6 +8,7 @@ message with exit status 2, not a traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -80,14 +81,45 @@ def add_library_commands(commands: argparse._SubParsersAction) -> argparse.Argum
     return run
 
 
-def _print_metrics(metrics: dict[str, dict[str, float]]) -> None:
-    print(f"{'split':<12}{'ROUGE-1':>9}{'ROUGE-2':>9}{'ROUGE-L':>9}{'combined':>10}")
-    for split, values in metrics.items():
+_SUMMARY_ROWS = (("ROUGE-1", "rouge1"), ("ROUGE-2", "rouge2"), ("ROUGE-L", "rougeL"), ("combined", "rouge_combined_f1"))
+_SAMPLE_WIDTH = 100
+
+
+def _split_metric(values: dict, prefix: str, key: str) -> float:
+    """``values[f"{prefix}_{key}"]`` as a float; NaN (printed as ``nan``) where a split lacks it (an older run)."""
+    value = values.get(f"{prefix}_{key}")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
+
+
+def print_run_summary(manifest: dict) -> None:
+    """The closing table of a run: per labeled split, the model against LEAD-3 with the margin per metric, the
+    share of distinct predictions and whether the evaluation collapsed (and why); then the first validation
+    predictions beside their references.
+
+    The samples come from the train stage's final evaluation of the saved model on the validation split (the
+    split these scores are from), not from ``predictions.jsonl``: the test split usually has no references.
+    """
+    from pipeline.report import _truncate  # display-width aware: Hangul takes two terminal columns
+
+    for split, values in manifest["stages"]["evaluate"]["metrics"].items():
         prefix = "eval" if split == "validation" else split
-        row = [
-            values.get(f"{prefix}_{key}", float("nan")) for key in ("rouge1", "rouge2", "rougeL", "rouge_combined_f1")
-        ]
-        print(f"{split:<12}{row[0]:>9.4f}{row[1]:>9.4f}{row[2]:>9.4f}{row[3]:>10.4f}")
+        get = functools.partial(_split_metric, values, prefix)
+        print(f"{split:<12}{'model':>9}{'LEAD-3':>9}{'margin':>9}")
+        for label, key in _SUMMARY_ROWS:
+            print(f"  {label:<10}{get(key):>9.4f}{get(f'lead3_{key}'):>9.4f}{get(f'{key}_margin_over_lead3'):>+9.4f}")
+        if f"{prefix}_rouge1_max" in values:
+            other = "max" if manifest["config"]["evaluation"]["multi_reference"] == "mean" else "mean"
+            others = "  ".join(f"{label} {get(f'{key}_{other}'):.4f}" for label, key in _SUMMARY_ROWS)
+            print(f"  {other} over references: {others}")
+        collapsed = f"yes: {values.get('collapse_reason')}" if values.get("collapsed") else "no"
+        print(f"  distinct predictions {get('distinct_predictions'):.0%}; collapsed: {collapsed}")
+    samples = manifest["stages"]["train"].get("validation_samples") or []
+    if samples:
+        print(f"sample predictions (first {len(samples)} of validation):")
+        for sample in samples:
+            print(f"  {sample['fname']}")
+            print(f"    model: {_truncate(sample['prediction'] or '(empty)', _SAMPLE_WIDTH)}")
+            print(f"    ref:   {_truncate(sample['references'][0] if sample['references'] else '', _SAMPLE_WIDTH)}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -102,7 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"[{number}/4] {stage} ...", flush=True)
         manifest = function(manifest)
         print(f"[{number}/4] {stage} done in {manifest['stages'][stage]['seconds']:.1f}s", flush=True)
-    _print_metrics(manifest["stages"]["evaluate"]["metrics"])
+    print_run_summary(manifest)
     print(f"model:       {manifest['stages']['train']['model_dir']}")
     print(f"predictions: {manifest['stages']['generate_predictions']['predictions_csv']}")
     print(f"manifest:    {Path(manifest['run_dir']) / 'manifest.json'}")

@@ -41,6 +41,7 @@ __all__ = [
     "ConfigError",
     "ConfigManager",
     "DataConfig",
+    "DenoisingConfig",
     "EvaluationConfig",
     "ExperimentConfig",
     "GeneralConfig",
@@ -297,6 +298,31 @@ class TokenizerConfig:
 
 
 @dataclass
+class DenoisingConfig:
+    """Denoising examples mixed into the training split: corrupted dialogue in, the dialogue's start out.
+
+    A small model trained from scratch on a few thousand summaries learns the summaries' generic phrasing long
+    before it learns to read the dialogue, and ends up writing one sentence for every input. Reconstructing a
+    corrupted dialogue (BART's text infilling, optionally with the turns shuffled) can only be done by attending
+    to the encoder, so mixing such examples in teaches the cross-attention, and the copying of names and topics,
+    that the summaries then use. They need no pretrained weights: only the training dialogues themselves.
+    """
+
+    copies: float = _opt(
+        0.0,
+        "Denoising examples added per training dialogue: 0 = off, 0.5 = every other dialogue, 2 = two each.",
+        ge=0,
+        most=16,
+    )
+    mask_ratio: float = _opt(0.3, "Share of the dialogue's tokens hidden under <mask> spans.", ge=0, lt=1)
+    mean_span: float = _opt(3.0, "Mean length of a masked span (Poisson), in tokens; one <mask> per span.", gt=0)
+    shuffle_turns: bool = _opt(False, "Shuffle the order of the turns in the corrupted input.")
+    target_max_len: int = _opt(
+        128, "Tokens of the original dialogue to reconstruct (its beginning).", ge=8, most=_MOST_TOKENS
+    )
+
+
+@dataclass
 class TrainingConfig:
     """Optimization, evaluation/checkpoint schedule, early stopping and memory settings."""
 
@@ -331,6 +357,9 @@ class TrainingConfig:
         "adamw_torch", "Optimizer name as transformers' TrainingArguments.optim spells it.", nonempty=True
     )
     max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 disables clipping).", ge=0)
+    label_smoothing: float = _opt(
+        0.0, "Label smoothing of the training loss (0.1 is usual for models trained from scratch).", ge=0, lt=1
+    )
     eval_strategy: str = _opt("epoch", "When to evaluate: no, steps or epoch.", choices=_STRATEGIES)
     eval_steps: int | None = _opt(None, "Evaluate every N steps; required when eval_strategy is 'steps'.", ge=1)
     save_strategy: str = _opt(
@@ -386,11 +415,29 @@ class EvaluationConfig:
 
     rouge_tokenizer: str = _opt(
         "kiwi",
-        "Tokenizer for ROUGE: kiwi (Korean morphemes), whitespace, or default (rouge_score's; drops non-Latin text).",
-        choices=("kiwi", "whitespace", "default"),
+        "Tokenizer for ROUGE: kiwi (Korean morphemes), whitespace, default (rouge_score's; drops non-Latin text) "
+        "or english (rouge_score's with the Porter stemmer, as the DialogSum papers score; drops non-Latin text).",
+        choices=("kiwi", "whitespace", "default", "english"),
     )
     multi_reference: str = _opt(
-        "max", "How to combine scores over several references: max or mean.", choices=("max", "mean")
+        "mean",
+        "How to combine each ROUGE F1 over an example's references: mean (the Korean competition's rule) or max "
+        "(the best reference per metric; rewards generic summaries most).",
+        choices=("mean", "max"),
+    )
+    collapse_min_distinct: float = _opt(
+        0.5,
+        "An evaluation whose share of distinct predictions is below this is flagged collapsed (one generic "
+        "summary for many dialogues); a collapsed evaluation never wins best-checkpoint or sweep selection.",
+        ge=0.0,
+        le=1.0,
+    )
+    collapse_max_top_share: float = _opt(
+        0.3,
+        "An evaluation where one (repeated) prediction makes up more than this share of all predictions is "
+        "flagged collapsed.",
+        ge=0.0,
+        le=1.0,
     )
 
 
@@ -426,6 +473,7 @@ class PipelineConfig:
     data: DataConfig = _section(DataConfig, "Input CSVs and their columns.")
     model: ModelConfig = _section(ModelConfig, "Architecture and checkpoint.")
     tokenizer: TokenizerConfig = _section(TokenizerConfig, "Lengths, prefix, special tokens.")
+    denoising: DenoisingConfig = _section(DenoisingConfig, "Denoising examples mixed into the training split.")
     training: TrainingConfig = _section(TrainingConfig, "Optimization and schedule.")
     generation: GenerationConfig = _section(GenerationConfig, "Decoding.")
     evaluation: EvaluationConfig = _section(EvaluationConfig, "ROUGE.")

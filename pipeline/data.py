@@ -266,6 +266,104 @@ def tokenize_table(
     return columns, stats
 
 
+def _special_ends(ids: list[int], special_ids: set[int]) -> tuple[list[int], list[int], list[int]]:
+    """Split ``ids`` into leading special tokens (``<s>``), the text, and trailing ones (``</s>``)."""
+    start, end = 0, len(ids)
+    while start < end and ids[start] in special_ids:
+        start += 1
+    while end > start and ids[end - 1] in special_ids:
+        end -= 1
+    return ids[:start], ids[start:end], ids[end:]
+
+
+def infill(ids: list[int], mask_id: int, mask_ratio: float, mean_span: float, rng: Any) -> list[int]:
+    """BART's text infilling: hide about ``mask_ratio`` of the tokens under spans, each span one ``mask_id``.
+
+    Span lengths are Poisson(``mean_span``); a zero-length span inserts a ``<mask>`` where nothing is missing,
+    as in BART, so the model cannot count masks to know how much to write.
+
+    Args:
+        ids: The text's token ids, without special tokens at the ends.
+        mask_id: The tokenizer's mask token id.
+        mask_ratio: Share of the tokens to hide.
+        mean_span: Mean span length.
+        rng: A ``numpy.random.Generator``.
+    """
+    budget = round(len(ids) * mask_ratio)
+    masked = [False] * len(ids)
+    inserts: set[int] = set()
+    hidden = 0
+    # Bounded: a span can land on hidden tokens, so a few extra draws may be needed, never unboundedly many.
+    for _ in range(4 * len(ids)):
+        if hidden >= budget:
+            break
+        start, length = int(rng.integers(len(ids))), int(rng.poisson(mean_span))
+        if length == 0:
+            inserts.add(start)
+            continue
+        for index in range(start, min(start + length, len(ids))):
+            hidden += not masked[index]
+            masked[index] = True
+    out: list[int] = []
+    for index, token in enumerate(ids):
+        if index in inserts and not masked[index]:
+            out.append(mask_id)
+        if not masked[index]:
+            out.append(token)
+        elif not out or out[-1] != mask_id:
+            out.append(mask_id)
+    return out
+
+
+def denoising_columns(
+    table: DialogueTable, tokenizer: Any, prefix: str, encoder_max_len: int, settings: dict[str, Any], seed: int
+) -> dict[str, list]:
+    """Denoising training rows built from the table's dialogues (see ``DenoisingConfig``).
+
+    Each row's input is a corrupted dialogue (turns optionally shuffled, then spans masked) and its label the
+    first ``target_max_len`` tokens of the original. ``copies`` rows per dialogue (a fraction picks a seeded
+    subset), in the columns :func:`tokenize_table` writes, so the rows mix into the training split.
+
+    Raises:
+        ValueError: The tokenizer has no mask token (T5's sentinel scheme is not supported).
+    """
+    import numpy as np
+
+    if tokenizer.mask_token_id is None:
+        raise ValueError(
+            "denoising.copies > 0 needs a tokenizer with a mask token (BART, KoBART, scratch have <mask>); "
+            "set denoising.copies: 0 for this model"
+        )
+    rng = np.random.default_rng(seed)
+    whole, fraction = divmod(settings["copies"], 1)
+    count = len(table) * int(whole) + round(len(table) * fraction)
+    sources = [index for _ in range(int(whole)) for index in range(len(table))]
+    sources += sorted(rng.choice(len(table), size=count - len(sources), replace=False).tolist())
+    keep_last = _ends_with_special(tokenizer)
+    special_ids = set(tokenizer.all_special_ids)
+    texts = []
+    for index in sources:
+        turns = table.dialogues[index].split("\n")
+        if settings["shuffle_turns"]:
+            turns = [turns[i] for i in rng.permutation(len(turns))]
+        texts.append(prefix + "\n".join(turns))
+    noisy = []
+    for ids in tokenizer(texts)["input_ids"]:
+        head, body, tail = _special_ends(ids, special_ids)
+        corrupted = head + infill(body, tokenizer.mask_token_id, settings["mask_ratio"], settings["mean_span"], rng)
+        noisy.append(_truncate(corrupted + tail, encoder_max_len, keep_last))
+    originals = tokenizer(text_target=[table.dialogues[index] for index in sources])["input_ids"]
+    return {
+        "fname": [f"{table.fnames[index]}#denoise{number}" for number, index in enumerate(sources)],
+        "input": texts,
+        "input_ids": noisy,
+        "attention_mask": [[1] * len(ids) for ids in noisy],
+        "length": [len(ids) for ids in noisy],
+        "labels": [_truncate(ids, settings["target_max_len"], keep_last) for ids in originals],
+        "references": [[table.dialogues[index]] for index in sources],
+    }
+
+
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """A hash of everything that decides how the tokenizer splits text (vocab, merges, added tokens)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -310,6 +408,8 @@ def prepare_datasets(
     decoder_max_len: int,
     columns: Columns | None = None,
     max_samples: dict[str, int | None] | None = None,
+    denoising: dict[str, Any] | None = None,
+    seed: int = 0,
 ) -> PreparedData:
     """Load, validate, tokenize and cache the given splits (or load them from the cache).
 
@@ -322,6 +422,9 @@ def prepare_datasets(
         decoder_max_len: Summaries longer than this many tokens are truncated.
         columns: CSV column names.
         max_samples: Optional per-split row limits (the first N rows are kept).
+        denoising: The ``denoising`` config section: with ``copies > 0`` the training split gets denoising rows
+            (:func:`denoising_columns`) mixed in.
+        seed: Seeds the corruption of the denoising rows.
 
     Returns:
         The prepared data, its cache directory and truncation statistics.
@@ -339,6 +442,9 @@ def prepare_datasets(
         "columns": columns.__dict__,
         "max_samples": {split: max_samples.get(split) for split in paths},
     }
+    if denoising and denoising["copies"] > 0 and "train" in paths:
+        # Only when on, so that the fingerprints of caches prepared without denoising stay as they were.
+        preprocessing["denoising"] = {**denoising, "seed": seed}
     fingerprint = dataset_fingerprint(paths, preprocessing, tokenizer_fingerprint(tokenizer))
     directory = datasets_dir(artifact_root) / fingerprint
     # Workers preparing the same fingerprint at once (trials of a sweep) queue here: the first
@@ -371,6 +477,13 @@ def _load_or_build(
         split_columns, stats[split] = tokenize_table(
             table, tokenizer, preprocessing["prefix"], encoder_max_len, decoder_max_len
         )
+        if split == "train" and "denoising" in preprocessing:
+            settings = preprocessing["denoising"]
+            extra = denoising_columns(
+                table, tokenizer, preprocessing["prefix"], encoder_max_len, settings, settings["seed"]
+            )
+            split_columns = {key: values + extra[key] for key, values in split_columns.items()}
+            stats[split]["denoising_rows"] = len(extra["fname"])
         dataset = Dataset.from_dict(split_columns)
         if split == "validation":
             # Longest first: evaluation batches are then dense (little padding) and an

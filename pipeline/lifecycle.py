@@ -23,6 +23,8 @@ from pipeline.artifacts import atomic_write_json, run_dir, run_id_for
 
 STAGES = ("prepare_data", "train", "evaluate", "generate_predictions")
 MANIFEST_FILE = "manifest.json"
+SAMPLE_PREDICTIONS = 5
+"""Validation predictions the train stage keeps in the manifest, beside their references, for run summaries."""
 
 
 def new_manifest(config: dict[str, Any], experiment_name: str | None = None) -> dict[str, Any]:
@@ -273,6 +275,16 @@ def train_stage(manifest: dict[str, Any], resume: str | None = "auto", callbacks
     for callback in callbacks or []:
         trainer.trainer.add_callback(callback)
     result = trainer.train(datasets, resume_from_checkpoint=resume)
+    samples = []
+    if "validation" in datasets and trainer.last_eval_predictions:
+        # The final evaluation scored the saved model on validation: its first predictions, beside their references.
+        rows = datasets["validation"].select(range(min(SAMPLE_PREDICTIONS, len(trainer.last_eval_predictions))))
+        samples = [
+            {"fname": fname, "prediction": prediction, "references": list(references)}
+            for fname, prediction, references in zip(
+                rows["fname"], trainer.last_eval_predictions, rows["references"], strict=False
+            )
+        ]
     return _record(
         manifest,
         "train",
@@ -286,6 +298,7 @@ def train_stage(manifest: dict[str, Any], resume: str | None = "auto", callbacks
         wandb_run_id=result.wandb_run_id,
         oom_backoffs=[event for event in result.training_history if event.get("event") == "oom_backoff"],
         resumed_from=next((e["checkpoint"] for e in result.training_history if e.get("event") == "resume"), None),
+        validation_samples=samples,
     )
 
 
@@ -294,8 +307,11 @@ def evaluate_stage(manifest: dict[str, Any]) -> dict[str, Any]:
 
     Validation metrics are those ``train`` computed on the saved model with the same function, so
     they are taken from the manifest rather than generated a second time; other labeled splits
-    (a test file with summaries) are evaluated here.
+    (a test file with summaries) are evaluated here. Each split also gets ``collapsed`` (true or
+    false) and ``collapse_reason`` (None when healthy), beside the numeric ``<prefix>_collapsed``.
     """
+    from pipeline.metrics import collapse_reason
+
     started = time.perf_counter()
     train = _earlier_record(manifest, "evaluate", "train", "model_dir", "final_metrics")
     datasets = _load_prepared(manifest, "evaluate")
@@ -309,8 +325,17 @@ def evaluate_stage(manifest: dict[str, Any]) -> dict[str, Any]:
         trainer = _trainer_for(manifest, model_dir=train["model_dir"])
         for split in labeled:
             metrics[split] = trainer.evaluate(datasets[split], metric_key_prefix=split)
+    for split, values in metrics.items():
+        # Rebuilt from the split's numbers, as the evaluation that flagged it worded it (HF metrics hold no text).
+        reason = collapse_reason(values, manifest["config"]["evaluation"], prefix=f"{_prefix(split)}_")
+        values.update(collapsed=reason is not None, collapse_reason=reason)
     metrics_path = atomic_write_json(Path(manifest["run_dir"]) / "metrics.json", metrics)
     return _record(manifest, "evaluate", started, metrics_path=str(metrics_path), metrics=metrics)
+
+
+def _prefix(split: str) -> str:
+    """The metric key prefix of a split in ``metrics.json``: ``eval`` for validation, else the split's name."""
+    return "eval" if split == "validation" else split
 
 
 def generate_predictions_stage(manifest: dict[str, Any]) -> dict[str, Any]:

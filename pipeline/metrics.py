@@ -3,8 +3,9 @@
 The scores equal ``rouge_score.rouge_scorer.RougeScorer`` given the same tokenizer object, but each distinct
 text is tokenized once, in one batch, and the n-gram and LCS arithmetic is done here: Kiwi tokenization
 dominates the cost of a naive ``RougeScorer.score`` loop, which re-tokenizes the prediction for every reference.
-Kiwi tokenizations are also kept in a bounded per-process cache (:class:`TokenCache`): evaluation during training
-scores new predictions against the same validation references every time, and those need tokenizing only once.
+Kiwi and stemmed-English tokenizations are also kept in a bounded per-process cache (:class:`TokenCache`): evaluation
+during training scores new predictions against the same validation references every time, and those need tokenizing
+only once.
 
 Never score Korean with rouge_score's default tokenizer: it keeps only ``[a-z0-9]``, so every Hangul character
 is deleted and two identical Korean summaries score 0.0.
@@ -15,8 +16,9 @@ import re
 import sys
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from rouge_score.tokenizers import DefaultTokenizer
 
@@ -25,6 +27,8 @@ MARKER_PATTERN = re.compile(r"#[A-Za-z0-9_]+#")
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
 MULTI_REFERENCE_RULES = ("max", "mean")
+DEFAULT_MULTI_REFERENCE = "mean"
+"""The Korean competition's rule: each ROUGE F1 is averaged over an example's references."""
 
 
 KIWI_CACHE_SIZE = 20_000
@@ -169,12 +173,15 @@ def _whitespace_one(text: str) -> list[str]:
 
 
 _default_one = DefaultTokenizer(use_stemmer=False).tokenize
+_english_one = DefaultTokenizer(use_stemmer=True).tokenize
 
 _TOKENIZERS = {
-    # Only Kiwi is cached: the other two tokenize faster than a cache lookup pays back.
+    # Kiwi and the Porter stemmer (about 0.5 ms a summary) are cached; whitespace and default tokenize faster than a
+    # cache lookup pays back.
     "kiwi": Tokenizer("kiwi", _kiwi_one, _kiwi_many, cache=TokenCache(KIWI_CACHE_SIZE)),
     "whitespace": Tokenizer("whitespace", _whitespace_one),
     "default": Tokenizer("default", _default_one),
+    "english": Tokenizer("english", _english_one, cache=TokenCache(KIWI_CACHE_SIZE)),
 }
 
 
@@ -184,9 +191,10 @@ def get_tokenizer(name: str) -> Tokenizer:
     Args:
         name: ``"kiwi"`` (Korean morphemes from kiwipiepy: each token is a morpheme's ``form``; markers such as
             ``#Person1#`` are one token each, other Latin text is lowercased), ``"whitespace"`` (whitespace split,
-            markers detached from adjacent text and kept whole, everything else lowercased) or ``"default"``
+            markers detached from adjacent text and kept whole, everything else lowercased), ``"default"``
             (rouge_score's own tokenizer; it deletes every Hangul character, so identical Korean texts score
-            0.0: never use it for Korean).
+            0.0: never use it for Korean) or ``"english"`` (rouge_score's tokenizer with its Porter stemmer,
+            ``RougeScorer(use_stemmer=True)``, as the DialogSum papers score English; also never for Korean).
 
     Returns:
         An object with ``tokenize(text) -> list[str]`` and ``tokenize_many(texts) -> list[list[str]]``.
@@ -275,40 +283,64 @@ def _normalize_references(predictions: list[str], references: Sequence[str | Seq
     return normalized
 
 
-def rouge_per_example(
-    predictions: list[str],
-    references: list[str] | list[list[str]],
-    tokenizer: str = "kiwi",
-    multi_reference: str = "max",
-) -> list[dict[str, float]]:
-    """ROUGE F1 of each example; arguments as in :func:`compute_rouge`.
-
-    Returns:
-        One dict per example with keys ``rouge1``, ``rouge2``, ``rougeL`` and ``rouge_combined_f1``.
-    """
+def _check_rule(multi_reference: str) -> None:
     if multi_reference not in MULTI_REFERENCE_RULES:
         raise ValueError(f"Unknown multi_reference {multi_reference!r}; valid choices: max, mean")
+
+
+def _reference_scores(
+    predictions: list[str], references: list[str] | list[list[str]], tokenizer: str
+) -> list[list[tuple[float, float, float]]]:
+    """Per example, the (ROUGE-1, ROUGE-2, ROUGE-L) F1 of the prediction against each of its references."""
     reference_lists = _normalize_references(predictions, references)
     tok = get_tokenizer(tokenizer)
     # Every distinct text is tokenized once, in one batch: a per-pair RougeScorer loop re-tokenizes each
     # prediction once per reference, and tokenization is most of the cost.
     texts = list(dict.fromkeys([*predictions, *(ref for refs in reference_lists for ref in refs)]))
     analysed = {text: _analyse(tokens) for text, tokens in zip(texts, tok.tokenize_many(texts), strict=True)}
+    return [
+        [_pair_scores(analysed[ref], analysed[prediction]) for ref in refs]
+        for prediction, refs in zip(predictions, reference_lists, strict=True)
+    ]
+
+
+def _aggregate(per_reference: list[list[tuple[float, float, float]]], multi_reference: str) -> list[dict[str, float]]:
     aggregate = max if multi_reference == "max" else lambda values: sum(values) / len(values)
     results = []
-    for prediction, refs in zip(predictions, reference_lists, strict=True):
-        per_reference = [_pair_scores(analysed[ref], analysed[prediction]) for ref in refs]
+    for scores in per_reference:
         # zip(*...) regroups the scores per metric, so each metric picks its own best reference.
-        r1, r2, rl = (aggregate(metric_scores) for metric_scores in zip(*per_reference, strict=True))
+        r1, r2, rl = (aggregate(metric_scores) for metric_scores in zip(*scores, strict=True))
         results.append({"rouge1": r1, "rouge2": r2, "rougeL": rl, "rouge_combined_f1": combined_f1(r1, r2, rl)})
     return results
+
+
+def _means(per_example: list[dict[str, float]]) -> dict[str, float]:
+    if not per_example:
+        return {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0, "rouge_combined_f1": 0.0}
+    means = {key: sum(scores[key] for scores in per_example) / len(per_example) for key in ROUGE_KEYS}
+    return {**means, "rouge_combined_f1": combined_f1(means["rouge1"], means["rouge2"], means["rougeL"])}
+
+
+def rouge_per_example(
+    predictions: list[str],
+    references: list[str] | list[list[str]],
+    tokenizer: str = "kiwi",
+    multi_reference: str = DEFAULT_MULTI_REFERENCE,
+) -> list[dict[str, float]]:
+    """ROUGE F1 of each example; arguments as in :func:`compute_rouge`.
+
+    Returns:
+        One dict per example with keys ``rouge1``, ``rouge2``, ``rougeL`` and ``rouge_combined_f1``.
+    """
+    _check_rule(multi_reference)
+    return _aggregate(_reference_scores(predictions, references, tokenizer), multi_reference)
 
 
 def compute_rouge(
     predictions: list[str],
     references: list[str] | list[list[str]],
     tokenizer: str = "kiwi",
-    multi_reference: str = "max",
+    multi_reference: str = DEFAULT_MULTI_REFERENCE,
 ) -> dict[str, float]:
     """Mean ROUGE-1/2/L F1 over examples, and their combined score.
 
@@ -316,17 +348,18 @@ def compute_rouge(
     (not the summary-level rougeLsum), exactly as rouge_score computes them; an empty or whitespace-only
     prediction scores 0.
 
-    Multiple references: with ``multi_reference="max"`` (the competition's rule, and rouge_score's
-    ``score_multi``) each example takes, for each metric independently, the highest F1 over its references, so
-    ROUGE-1 and ROUGE-2 may come from different references. With ``"mean"`` each metric is averaged over the
-    references.
+    Multiple references: with ``multi_reference="mean"`` (the default and the Korean competition's rule: each
+    ROUGE F1 is averaged over the example's references) each metric is averaged over the references. With
+    ``"max"`` (rouge_score's ``score_multi``) each example takes, for each metric independently, the highest F1
+    over its references, so ROUGE-1 and ROUGE-2 may come from different references; max rewards one generic
+    sentence for every dialogue most, as any of the references may happen to match it.
 
     Args:
         predictions: One generated summary per example.
         references: Per example, one reference string or a non-empty list of reference strings.
-        tokenizer: ``"kiwi"`` (default; Korean morphemes), ``"whitespace"`` or ``"default"`` (never for Korean,
-            see :func:`get_tokenizer`).
-        multi_reference: ``"max"`` or ``"mean"``.
+        tokenizer: ``"kiwi"`` (default; Korean morphemes), ``"whitespace"``, ``"default"`` or ``"english"``
+            (the last two never for Korean, see :func:`get_tokenizer`).
+        multi_reference: ``"mean"`` (default) or ``"max"``.
 
     Returns:
         ``{"rouge1", "rouge2", "rougeL", "rouge_combined_f1"}`` as floats in [0, 1]; all zeros for empty input.
@@ -336,8 +369,72 @@ def compute_rouge(
         ValueError: On a length mismatch (both lengths are named), an example with an empty reference list (its
             index is named), or an unknown tokenizer or multi_reference rule.
     """
-    per_example = rouge_per_example(predictions, references, tokenizer, multi_reference)
-    if not per_example:
-        return {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0, "rouge_combined_f1": 0.0}
-    means = {key: sum(scores[key] for scores in per_example) / len(per_example) for key in ROUGE_KEYS}
-    return {**means, "rouge_combined_f1": combined_f1(means["rouge1"], means["rouge2"], means["rougeL"])}
+    return _means(rouge_per_example(predictions, references, tokenizer, multi_reference))
+
+
+def compute_rouge_by_rule(
+    predictions: list[str],
+    references: list[str] | list[list[str]],
+    tokenizer: str = "kiwi",
+    rules: Sequence[str] = MULTI_REFERENCE_RULES,
+) -> dict[str, dict[str, float]]:
+    """:func:`compute_rouge` under several multi-reference rules, every pair scored once.
+
+    Returns:
+        ``{rule: {"rouge1", "rouge2", "rougeL", "rouge_combined_f1"}}`` for each rule in ``rules``.
+    """
+    for rule in rules:
+        _check_rule(rule)
+    per_reference = _reference_scores(predictions, references, tokenizer)
+    return {rule: _means(_aggregate(per_reference, rule)) for rule in rules}
+
+
+def prediction_diversity(predictions: Sequence[str]) -> dict[str, float]:
+    """How varied a model's summaries are: the signal of a collapsed model that ROUGE can hide.
+
+    Returns:
+        ``distinct_predictions``: the share of distinct predictions (1.0 for none). ``top_prediction_share``: the
+        share of all predictions taken by the most common one, counted only when it occurs more than once (0.0
+        when every prediction is distinct: a text seen once is no sentence repeated for many dialogues, and
+        without this rule any evaluation of three dialogues or fewer would count as collapsed).
+    """
+    if not predictions:
+        return {"distinct_predictions": 1.0, "top_prediction_share": 0.0}
+    top_count = Counter(predictions).most_common(1)[0][1]
+    return {
+        "distinct_predictions": len(set(predictions)) / len(predictions),
+        "top_prediction_share": top_count / len(predictions) if top_count > 1 else 0.0,
+    }
+
+
+def collapse_reason(metrics: Mapping[str, Any], evaluation: Mapping[str, Any], prefix: str = "") -> str | None:
+    """Why an evaluation counts as collapsed (one generic summary for many dialogues), or None when it does not.
+
+    Collapsed means: the share of distinct predictions is below ``evaluation.collapse_min_distinct``, or one
+    prediction makes up more than ``evaluation.collapse_max_top_share`` of all predictions (the values of
+    :func:`prediction_diversity`). The reason is derived from these numbers only, so the same text is rebuilt from
+    stored metrics (metrics.json, the registry) as was logged when the evaluation ran.
+
+    Args:
+        metrics: An evaluation's metrics with ``distinct_predictions`` and ``top_prediction_share``; metrics
+            without them (older runs) never count as collapsed.
+        evaluation: The config's ``evaluation`` section (its two thresholds).
+        prefix: Key prefix of ``metrics``, such as ``"eval_"``.
+
+    Returns:
+        A sentence naming each threshold crossed, or None.
+    """
+    distinct = metrics.get(f"{prefix}distinct_predictions")
+    top_share = metrics.get(f"{prefix}top_prediction_share")
+    min_distinct, max_top_share = evaluation["collapse_min_distinct"], evaluation["collapse_max_top_share"]
+    reasons = []
+    if distinct is not None and distinct < min_distinct:
+        reasons.append(
+            f"only {distinct:.0%} of the predictions are distinct (evaluation.collapse_min_distinct {min_distinct:.0%})"
+        )
+    if top_share is not None and top_share > max_top_share:
+        reasons.append(
+            f"one prediction is {top_share:.0%} of all predictions "
+            f"(evaluation.collapse_max_top_share {max_top_share:.0%})"
+        )
+    return "; ".join(reasons) or None

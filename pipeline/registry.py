@@ -156,15 +156,24 @@ class ModelRegistry:
         pick = max if goal == "maximize" else min
         return pick(candidates, key=lambda entry: entry["metrics"][metric])
 
-    def promote(self, model_id: str, stage: str = "production") -> dict[str, Any]:
+    def promote(self, model_id: str, stage: str = "production", force: bool = False) -> dict[str, Any]:
         """Move ``model_id`` to ``stage`` and return its updated entry.
 
         One model per name holds a given stage: the previous holder of ``stage`` among models with
         the same name is demoted to ``"archived"``. ``"none"`` and ``"archived"`` are not exclusive.
 
+        A model whose metrics say its evaluation collapsed (``collapsed`` 1.0: one generic summary for
+        many dialogues) is refused ``"production"`` unless ``force`` is True; other stages are allowed.
+
+        Args:
+            model_id: The model's id.
+            stage: The stage to move it to.
+            force: Promote to ``"production"`` even a collapsed model.
+
         Raises:
             KeyError: No model has that id.
-            ValueError: ``stage`` is empty or not a string.
+            ValueError: ``stage`` is empty or not a string, or the model collapsed and ``force`` is False
+                (the message names the model, the reason and ``force=True``).
         """
         if not isinstance(stage, str) or not stage.strip():
             raise ValueError(f"stage must be a non-empty string such as 'production', got {stage!r}")
@@ -174,6 +183,11 @@ class ModelRegistry:
             if model_id not in models:
                 raise KeyError(_unknown_id_message(model_id, self.index_path))
             target = models[model_id]
+            if stage == "production" and not force and target["metrics"].get("collapsed"):
+                raise ValueError(
+                    f"refusing to make model {model_id!r} ({target['name']}, {target['model_path']}) production: "
+                    f"its evaluation collapsed ({_collapse_reason(target)}); pass force=True to promote it anyway"
+                )
             now = _utc_now()
             if stage not in NON_EXCLUSIVE_STAGES:
                 for entry in models.values():
@@ -222,6 +236,18 @@ def _validate_metrics(metrics: dict[str, Any]) -> dict[str, float | int]:
         # numpy scalars are Real but json.dumps would store them as strings.
         clean[str(key)] = int(value) if isinstance(value, numbers.Integral) else float(value)
     return clean
+
+
+def _collapse_reason(entry: dict[str, Any]) -> str:
+    """Why a registered model's evaluation collapsed, rebuilt from its stored metrics and config."""
+    from pipeline.metrics import collapse_reason  # imported here: the registry is used where ROUGE never is
+
+    evaluation = (entry.get("config") or {}).get("evaluation") or {}
+    try:
+        reason = collapse_reason(entry["metrics"], evaluation)
+    except KeyError:  # a config from before the collapse thresholds existed
+        reason = None
+    return reason or "flagged collapsed when it was evaluated"
 
 
 def _default_name(config: dict[str, Any] | None) -> str:

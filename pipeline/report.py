@@ -4,7 +4,12 @@ Both read the sweep's trial table, plain JSON-safe dicts::
 
     sweep  = {"sweep_id", "method", "metric": {"name", "goal"}, "status", "created_at"}
     trials = [{"trial_id", "index", "params": {dotted path: value}, "status", "metric",
-               "curve": [[global_step, metric], ...], "run_id", "worker", "seconds", "error"}, ...]
+               "curve": [[global_step, metric], ...], "run_id", "worker", "seconds", "error",
+               "collapsed", "collapse_reason", "lead3_rouge2", "rouge2_margin_over_lead3"}, ...]
+
+The last four are set on finished trials (``tasks.sweeps.on_trial_event``). A collapsed trial (one generic summary
+for many dialogues, see ``pipeline.metrics.collapse_reason``) is ranked after every healthy trial that has the
+metric, is marked in the table and the report, and is never the best (:func:`best_row`).
 
 The report draws its charts as inline SVG written here: no JavaScript, no plotting library and
 nothing fetched from the network, so the one HTML file opens offline (a copied file, an e-mail
@@ -33,6 +38,15 @@ from pipeline.artifacts import atomic_write_json, atomic_write_text
 
 FIXED_COLUMNS = ("rank", "trial_id", "index", "status", "metric", "run_id", "worker", "seconds")
 """Leaderboard columns present in every row; one column per sweep parameter follows them."""
+
+BASELINE_FIELDS = ("lead3_rouge2", "rouge2_margin_over_lead3")
+"""Trial fields with the LEAD-3 baseline of the trial's validation split and the model's margin over it."""
+
+OPTIONAL_COLUMNS = ("collapsed", *BASELINE_FIELDS)
+"""Leaderboard columns present only when some trial has the field (sweeps from before they existed have none)."""
+
+_RESERVED_COLUMNS = (*FIXED_COLUMNS, *OPTIONAL_COLUMNS)
+_COLLAPSED_COLOR = "#b3261e"
 
 STATUS_ORDER = ("queued", "running", "finished", "failed", "pruned", "cancelled")
 STATUS_COLORS = {
@@ -136,10 +150,29 @@ def _ranked(sweep: dict, trials: Sequence[dict]) -> list[tuple[int | None, dict]
 
     def key(trial: dict) -> tuple:
         metric = _finite(trial.get("metric"))
-        return (metric is None, sign * metric if metric is not None else 0.0, _index_key(trial))
+        # Collapsed trials go after every healthy one that has the metric, whatever their metric.
+        return (metric is None, _collapsed(trial), sign * metric if metric is not None else 0.0, _index_key(trial))
 
     ordered = sorted(trials, key=key)
     return [(position if _finite(t.get("metric")) is not None else None, t) for position, t in enumerate(ordered, 1)]
+
+
+def _collapsed(trial: dict) -> bool:
+    return trial.get("collapsed") is True
+
+
+def _optional_columns(trials: Iterable[dict]) -> list[str]:
+    """The optional columns some trial (or leaderboard row) has a value for, in their fixed order."""
+    trials = list(trials)
+    return [key for key in OPTIONAL_COLUMNS if any(trial.get(key) is not None for trial in trials)]
+
+
+def best_row(rows: list[dict]) -> dict | None:
+    """The trial a sweep promotes: the rank-1 row when it finished and did not collapse, else None.
+
+    Collapsed trials rank after healthy ones, so a collapsed rank 1 means no finished trial is healthy.
+    """
+    return next((row for row in rows if row["rank"] == 1 and row["status"] == "finished" and not _collapsed(row)), None)
 
 
 def _param_keys(trials: Iterable[dict]) -> list[str]:
@@ -152,7 +185,7 @@ def _param_keys(trials: Iterable[dict]) -> list[str]:
 
 def _param_column(key: str) -> str:
     """Leaderboard column of a parameter; a name equal to a fixed column is prefixed so neither is lost."""
-    return f"params.{key}" if key in FIXED_COLUMNS else key
+    return f"params.{key}" if key in _RESERVED_COLUMNS else key
 
 
 def leaderboard(sweep: dict, trials: list[dict]) -> list[dict]:
@@ -163,12 +196,14 @@ def leaderboard(sweep: dict, trials: list[dict]) -> list[dict]:
         trials: One dict per trial (see the module docstring).
 
     Returns:
-        One row per trial, best first, trials without a metric last (then by index). Each row has
-        ``rank`` (1-based, None without a metric), ``trial_id``, ``index``, ``status``, ``metric``,
-        ``run_id``, ``worker``, ``seconds`` and one column per parameter keyed by its dotted path
-        (None where a trial lacks it). Non-finite numbers become None.
+        One row per trial, best first, collapsed trials after the healthy ones, trials without a metric
+        last (then by index). Each row has ``rank`` (1-based, None without a metric), ``trial_id``,
+        ``index``, ``status``, ``metric``, ``run_id``, ``worker``, ``seconds``; ``collapsed``,
+        ``lead3_rouge2`` and ``rouge2_margin_over_lead3`` when some trial has them; and one column per
+        parameter keyed by its dotted path (None where a trial lacks it). Non-finite numbers become None.
     """
     keys = _param_keys(trials)
+    optional = _optional_columns(trials)
     rows = []
     for rank, trial in _ranked(sweep, trials):
         params = trial.get("params") or {}
@@ -182,6 +217,9 @@ def leaderboard(sweep: dict, trials: list[dict]) -> list[dict]:
             "worker": trial.get("worker"),
             "seconds": _clean(trial.get("seconds")),
         }
+        row.update({key: _finite(trial.get(key)) for key in optional if key != "collapsed"})
+        if "collapsed" in optional:
+            row["collapsed"] = trial.get("collapsed") if isinstance(trial.get("collapsed"), bool) else None
         row.update({_param_column(key): _clean(params.get(key)) for key in keys})
         rows.append(row)
     return rows
@@ -193,7 +231,7 @@ def _short_names(keys: Sequence[str]) -> dict[str, str]:
     names = {}
     for key in keys:
         leaf = key.rsplit(".", 1)[-1]
-        clash = leaves[leaf] > 1 or (leaf != key and (leaf in keys or leaf in FIXED_COLUMNS))
+        clash = leaves[leaf] > 1 or (leaf != key and (leaf in keys or leaf in _RESERVED_COLUMNS))
         names[key] = key if clash else leaf
     return names
 
@@ -201,7 +239,7 @@ def _short_names(keys: Sequence[str]) -> dict[str, str]:
 def _row_param_columns(rows: Sequence[dict]) -> list[str]:
     columns: dict[str, None] = {}
     for row in rows:
-        columns.update(dict.fromkeys(key for key in row if key not in FIXED_COLUMNS))
+        columns.update(dict.fromkeys(key for key in row if key not in _RESERVED_COLUMNS))
     return list(columns)
 
 
@@ -244,6 +282,7 @@ class _Column:
 
 
 _CORE_TABLE_COLUMNS = (("rank", "rank"), ("trial_id", "trial"), ("status", "status"), ("metric", "metric"))
+_OPTIONAL_HEADERS = {"collapsed": "collapsed", "lead3_rouge2": "lead3 R2", "rouge2_margin_over_lead3": "R2 margin"}
 
 
 def _table_columns(rows: Sequence[dict]) -> list[_Column]:
@@ -254,12 +293,17 @@ def _table_columns(rows: Sequence[dict]) -> list[_Column]:
     def column(key: str, header: str, optional: bool = False, shrinkable: bool = True) -> _Column:
         values = [row.get(key) for row in rows]
         numeric = all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values)
-        return _Column(header, [_fmt(v) for v in values], numeric, optional, shrinkable)
+        cells = [("yes" if v else "no") if isinstance(v, bool) else _fmt(v) for v in values]
+        return _Column(header, cells, numeric, optional, shrinkable)
 
-    # A shortened trial id or metric would make the row useless, so only parameters and extras shrink.
+    # A shortened trial id or metric would make the row useless, so only parameters and extras shrink; the
+    # collapsed flag is what tells a generic-summary trial from a good one, so it is never dropped either.
     core = [column(key, header, shrinkable=False) for key, header in _CORE_TABLE_COLUMNS]
+    present = _optional_columns(rows)
+    flags = [column("collapsed", "collapsed", shrinkable=False)] if "collapsed" in present else []
+    baselines = [column(key, _OPTIONAL_HEADERS[key], True) for key in BASELINE_FIELDS if key in present]
     extras = [column("seconds", "seconds", True), column("worker", "worker", True), column("run_id", "run_id", True)]
-    return core + [column(key, names[key]) for key in params] + extras
+    return core + flags + baselines + [column(key, names[key]) for key in params] + extras
 
 
 def _total_width(columns: Sequence[_Column]) -> int:
@@ -326,7 +370,7 @@ def write_leaderboard(rows: list[dict], directory: str | Path) -> dict[str, Path
         ``{"csv": path, "json": path}``.
     """
     directory = Path(directory)
-    fieldnames = [*FIXED_COLUMNS, *_row_param_columns(rows)]
+    fieldnames = [*FIXED_COLUMNS, *_optional_columns(rows), *_row_param_columns(rows)]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fieldnames, lineterminator="\n")
     writer.writeheader()
@@ -569,7 +613,7 @@ def _bar_labels(trials: Sequence[dict], band: float) -> tuple[list[str], str]:
 def _bar(trial: dict, metric: float | None, centre: float, band: float, ys: _Scale, is_best: bool) -> str:
     """One bar (or an ``×`` on the baseline for a trial without a metric) with a tooltip."""
     color = _status_color(_status(trial))
-    tip = _title(f"{_label(trial)} · {_status(trial)} · {_fmt(metric)}")
+    tip = _title(f"{_label(trial)} · {_status(trial)}{_collapsed_note(trial)} · {_fmt(metric)}")
     bar_width = max(1.0, band * 0.7)
     if metric is None:
         cross = _text(centre, ys(0.0) - 4, "×", extra=f' fill="{color}" class="nometric"')
@@ -583,6 +627,8 @@ def _bar(trial: dict, metric: float | None, centre: float, band: float, ys: _Sca
     # The label goes beyond the bar's free end: above a positive bar, below a negative one.
     label_y = top - 6 if metric >= 0 else bottom + 16
     star = _text(centre, label_y, "★ best", extra=' class="best-label"') if is_best else ""
+    if _collapsed(trial):
+        star += _text(centre, label_y, "collapsed", extra=f' class="collapsed-label" fill="{_COLLAPSED_COLOR}"')
     return rect + star
 
 
@@ -666,7 +712,7 @@ def _point(trial: dict, x: float, y: float, tip: str, is_best: bool) -> str:
         else ""
     )
     return (
-        f"<g>{_title(f'{_label(trial)} · {_status(trial)} · {tip}')}{ring}"
+        f"<g>{_title(f'{_label(trial)} · {_status(trial)}{_collapsed_note(trial)} · {tip}')}{ring}"
         f'<circle cx="{_n(x)}" cy="{_n(y)}" r="6" fill="{color}" fill-opacity="0.85" stroke="#fff"/></g>'
     )
 
@@ -742,7 +788,7 @@ main { max-width: 1120px; margin: 0 auto; padding: 24px 10px 48px; }
 h1 { font-size: 26px; margin: 0 0 6px; }
 h2 { font-size: 19px; margin: 30px 0 4px; }
 code { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 0.92em; }
-.meta, .counts, .best { margin: 4px 0; }
+.meta, .counts, .best, .collapsed { margin: 4px 0; }
 .note { color: #5a6272; font-size: 13px; margin: 0 0 8px; }
 .badge { display: inline-block; padding: 1px 8px; border-radius: 10px; color: #fff; font-size: 13px; }
 .card { background: #fff; border: 1px solid #dde1e7; border-radius: 6px; padding: 6px; }
@@ -762,11 +808,22 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.error div { white-space: pre-wrap; overflow-wrap: anywhere; width: 240px; max-height: 6em; overflow: hidden;
                color: #9b1c1c; font-family: "DejaVu Sans Mono", monospace; font-size: 12px; }
 tr.best-row td { font-weight: 700; background: #fff8e1; }
+tr.collapsed-row td { background: #fdeceb; color: #6b2a26; }
+svg .collapsed-label { font-size: 11px; font-weight: 700; }
 """
 
 
 def _badge(status: str, text: str | None = None) -> str:
-    return f'<span class="badge" style="background:{_status_color(status)}">{_esc(text or status)}</span>'
+    return _badge_html(text or status, _status_color(status))
+
+
+def _badge_html(text: str, color: str, title: str = "") -> str:
+    title_attr = f' title="{_esc(title)}"' if title else ""
+    return f'<span class="badge" style="background:{color}"{title_attr}>{_esc(text)}</span>'
+
+
+def _collapsed_note(trial: dict) -> str:
+    return " · collapsed" if _collapsed(trial) else ""
 
 
 def _created(sweep: dict) -> str:
@@ -790,6 +847,13 @@ def _header(sweep: dict, trials: Sequence[dict], best: dict | None, names: dict[
         f" ({_esc(_goal(sweep))}) · status {_badge(str(sweep.get('status') or 'unknown'))}{_esc(_created(sweep))}</p>",
         f'<p class="counts">{len(trials)} trial{"" if len(trials) == 1 else "s"}: {badges or "none yet"}</p>',
     ]
+    collapsed = sum(_collapsed(t) for t in trials)
+    if collapsed:
+        lines.append(
+            f'<p class="collapsed">{_badge_html("collapsed", _COLLAPSED_COLOR)} {collapsed} trial'
+            f"{'' if collapsed == 1 else 's'} collapsed (one summary for many dialogues): ranked after every "
+            "healthy trial and never promoted.</p>"
+        )
     if best is not None:
         params = ", ".join(f"{names.get(k, k)}={_fmt(v)}" for k, v in (best.get("params") or {}).items())
         lines.append(
@@ -810,16 +874,18 @@ def _leaderboard_html(sweep: dict, trials: Sequence[dict], names: dict[str, str]
     if not ranked:
         return _placeholder("No trials yet.")
     keys = _param_keys(trials)
+    optional = _optional_columns(trials)
     with_error = any(t.get("error") for t in trials)
-    head = ["rank", "trial", "status", _metric_name(sweep)] + [names[k] for k in keys] + ["seconds", "worker", "run"]
-    titles = ["", "", "", ""] + keys + ["", "", ""]
+    head = ["rank", "trial", "status", _metric_name(sweep), *(_OPTIONAL_HEADERS[k] for k in optional)]
+    head += [names[k] for k in keys] + ["seconds", "worker", "run"]
+    titles = ["", "", "", ""] + [""] * len(optional) + keys + ["", "", ""]
     if with_error:
         head, titles = head + ["error"], titles + [""]
     header = "".join(
         f'<th title="{_esc(t)}">{_breakable(h)}</th>' if t else f"<th>{_breakable(h)}</th>"
         for h, t in zip(head, titles, strict=True)
     )
-    body = "\n".join(_leaderboard_row(rank, trial, keys, with_error) for rank, trial in ranked)
+    body = "\n".join(_leaderboard_row(rank, trial, keys, optional, with_error) for rank, trial in ranked)
     return f'<div class="table-wrap"><table>\n<thead><tr>{header}</tr></thead>\n<tbody>\n{body}\n</tbody></table></div>'
 
 
@@ -834,13 +900,24 @@ def _cell(value: Any, numeric: bool | None = None) -> str:
     return f'<td class="num">{_esc(_fmt(value))}</td>' if right else f"<td>{_esc(_fmt(value))}</td>"
 
 
-def _leaderboard_row(rank: int | None, trial: dict, keys: Sequence[str], with_error: bool) -> str:
+def _collapsed_cell(trial: dict) -> str:
+    """The collapsed column: a red badge whose tooltip is the reason, ``no`` for a healthy trial, ``-`` unknown."""
+    if _collapsed(trial):
+        reason = str(trial.get("collapse_reason") or "collapsed")
+        return f"<td>{_badge_html('collapsed', _COLLAPSED_COLOR, reason)}</td>"
+    return f"<td>{'no' if trial.get('collapsed') is False else '-'}</td>"
+
+
+def _leaderboard_row(
+    rank: int | None, trial: dict, keys: Sequence[str], optional: Sequence[str], with_error: bool
+) -> str:
     params = trial.get("params") or {}
     cells = [
         _cell(rank, numeric=True),
         f"<td>{_esc(_label(trial))}</td>",
         f"<td>{_badge(_status(trial))}</td>",
         _cell(_finite(trial.get("metric")), numeric=True),
+        *(_collapsed_cell(trial) if k == "collapsed" else _cell(_finite(trial.get(k)), numeric=True) for k in optional),
         *(_cell(_clean(params.get(k))) for k in keys),
         _cell(_clean(trial.get("seconds")), numeric=True),
         _cell(trial.get("worker"), numeric=False),
@@ -849,7 +926,7 @@ def _leaderboard_row(rank: int | None, trial: dict, keys: Sequence[str], with_er
     if with_error:
         error = str(trial.get("error") or "")
         cells.append(f'<td class="error" title="{_esc(error)}"><div>{_esc(_truncate(error, 300))}</div></td>')
-    css = ' class="best-row"' if rank == 1 else ""
+    css = ' class="collapsed-row"' if _collapsed(trial) else ' class="best-row"' if rank == 1 else ""
     return f"<tr{css}>{''.join(cells)}</tr>"
 
 
@@ -862,8 +939,9 @@ def _param_sections(trials: Sequence[dict], best: dict | None, metric_name: str,
 
 
 def _best_trial(sweep: dict, trials: Sequence[dict]) -> dict | None:
+    """The rank-1 trial unless it collapsed (then every trial with the metric did, and none is best)."""
     ranked = _ranked(sweep, trials)
-    return ranked[0][1] if ranked and ranked[0][0] is not None else None
+    return ranked[0][1] if ranked and ranked[0][0] is not None and not _collapsed(ranked[0][1]) else None
 
 
 def render_report(sweep: dict, trials: list[dict]) -> str:
@@ -873,8 +951,10 @@ def render_report(sweep: dict, trials: list[dict]) -> str:
     sections: (1) the metric of each trial as bars coloured by status, the best outlined; (2) the
     metric against each parameter, one scatter per parameter, log x-axis for positive values spanning
     more than two decades, categories for non-numeric values; (3) learning curves, metric against
-    step, pruned trials dashed; (4) the leaderboard. Charts are inline SVG and every text from the
-    input is HTML-escaped; nothing is loaded from elsewhere.
+    step, pruned trials dashed; (4) the leaderboard. Collapsed trials are counted in the header, labelled
+    "collapsed" on their bar, shaded red in the leaderboard with the reason as the badge's tooltip, and
+    never shown as best. Charts are inline SVG and every text from the input is HTML-escaped; nothing is
+    loaded from elsewhere.
 
     Args:
         sweep: The sweep dict (see the module docstring).

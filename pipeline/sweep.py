@@ -149,6 +149,7 @@ _HYPERBAND_KEYS = ("type", "min_iter", "max_iter", "s", "eta", "strict")
 _MIN_ITER_BRACKETS = 100
 _MAX_BRACKET = 10**12
 _EVAL_PREFIXES = ("eval/", "eval_")
+_WANDB_ROUGE_NAMES = {"rouge1_f1": "rouge1", "rouge2_f1": "rouge2", "rougeL_f1": "rougeL"}
 # TPE samples at random until this many trials have finished (Optuna's default), fewer for small run caps.
 _TPE_STARTUP = 10
 _FLOAT_STRING = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -948,8 +949,10 @@ def _config_rejects(base: Mapping[str, Any], path: str, value: Any) -> str | Non
 def _bare_metric(name: str) -> str:
     for prefix in _EVAL_PREFIXES:
         if name.startswith(prefix):
-            return name[len(prefix) :]
-    return name
+            name = name[len(prefix) :]
+            break
+    # W&B logs eval/rouge2_f1 (the spec's names) for what the trainer calls eval_rouge2: both are the same metric.
+    return _WANDB_ROUGE_NAMES.get(name, name)
 
 
 def metric_value(spec: SweepSpec, metrics: Mapping[str, Any] | None) -> float | None:

@@ -26,6 +26,7 @@ import logging
 import shutil
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from transformers import (
     set_seed,
 )
 from transformers.trainer_callback import DefaultFlowCallback, PrinterCallback, ProgressCallback
+from transformers.trainer_utils import SaveStrategy
 
 from pipeline.artifacts import (
     OutputDirectoryError,
@@ -54,9 +56,16 @@ from pipeline.artifacts import (
     run_dir,
     run_id_for,
 )
+from pipeline.baselines import baseline_metrics, lead_rouge
 from pipeline.config import ConfigManager, PipelineConfig, merge_sweep_params
 from pipeline.data import Columns, check_data_files, prepare_datasets
-from pipeline.metrics import combined_f1, compute_rouge
+from pipeline.metrics import (
+    MULTI_REFERENCE_RULES,
+    collapse_reason,
+    combined_f1,
+    compute_rouge_by_rule,
+    prediction_diversity,
+)
 from pipeline.modeling import load_model_and_tokenizer, resolve_device
 from pipeline.registry import ModelRegistry
 from pipeline.sample_data import write_sample_data
@@ -102,6 +111,18 @@ def strip_prefix(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
     }
 
 
+def evaluation_rank(value: float, collapsed: bool, greater_is_better: bool = True) -> tuple[bool, float]:
+    """Where an evaluation stands in best-checkpoint selection: any healthy one above any collapsed one, then the
+    metric (negated when lower is better). Compare ranks with ``>``: on a tie the earlier evaluation stays best,
+    as in HF's own selection."""
+    return (not collapsed, value if greater_is_better else -value)
+
+
+def is_collapsed(metrics: dict[str, Any], prefix: str = "eval") -> bool:
+    """Whether an evaluation's metrics (or a ``log_history`` record) flag it collapsed (``<prefix>_collapsed``)."""
+    return bool(metrics.get(f"{prefix}_collapsed", 0.0))
+
+
 class WandbCallback(TrainerCallback):
     """WandB 로깅을 위한 커스텀 콜백: logs every evaluation and tracks the best combined ROUGE.
 
@@ -109,25 +130,41 @@ class WandbCallback(TrainerCallback):
     ``eval/rouge_combined_f1``, ``eval/loss``, ``best/rouge_combined_f1``, ``epoch``, ``step``.
     They go through the trainer's :class:`ExperimentTracker`, so they reach W&B when it is on and
     the local record always.
+
+    "Best" follows best-checkpoint selection (:func:`evaluation_rank`): a healthy evaluation beats a
+    collapsed one (``eval_collapsed``) whatever their scores, so ``best/rouge_combined_f1`` can go down
+    when the first healthy evaluation follows a collapsed one. Only ``eval``-prefixed evaluations (the
+    validation split) count; ``evaluate(..., metric_key_prefix="test")`` is not logged here.
     """
 
     def __init__(self, trainer_instance: DialogueSummarizationTrainer):
         self.trainer_instance = trainer_instance
         self.best_combined: float | None = None
+        self.best_collapsed = False
         self.best_metrics: dict[str, float] = {}
 
     def on_train_begin(self, args, state: TrainerState, control: TrainerControl, **kwargs):
-        # A resumed run restores the best metric HF tracked; a fresh one starts over.
-        self.best_combined = state.best_metric if state.best_metric is not None else None
-        self.best_metrics = {}
+        # A resumed run replays the evaluations restored with its log history; a fresh one has none.
+        self.best_combined, self.best_collapsed, self.best_metrics = None, False, {}
+        for record in state.log_history:
+            if "eval_rouge_combined_f1" in record:
+                self._consider(record, record.get("step", 0), record.get("epoch"))
+
+    def _consider(self, metrics: dict[str, Any], step: int, epoch: float | None) -> None:
+        combined, collapsed = metrics["eval_rouge_combined_f1"], is_collapsed(metrics)
+        if self.best_combined is None or evaluation_rank(combined, collapsed) > evaluation_rank(
+            self.best_combined, self.best_collapsed
+        ):
+            self.best_combined, self.best_collapsed = combined, collapsed
+            self.best_metrics = {**strip_prefix(metrics, "eval"), "step": step, "epoch": epoch}
 
     def on_evaluate(self, args, state: TrainerState, control: TrainerControl, metrics: dict[str, float], **kwargs):
+        if not any(key.startswith("eval_") for key in metrics):
+            return  # another split (metric_key_prefix="test"): neither validation nor a candidate for best
         rouge = {key: metrics.get(f"eval_{key}", 0.0) for key in ("rouge1", "rouge2", "rougeL")}
         combined = combined_f1(rouge["rouge1"], rouge["rouge2"], rouge["rougeL"])
         metrics.setdefault("eval_rouge_combined_f1", combined)
-        if self.best_combined is None or combined > self.best_combined:
-            self.best_combined = combined
-            self.best_metrics = {**strip_prefix(metrics, "eval"), "step": state.global_step, "epoch": state.epoch}
+        self._consider(metrics, state.global_step, state.epoch)
         logged = {
             "eval/rouge1_f1": rouge["rouge1"],
             "eval/rouge2_f1": rouge["rouge2"],
@@ -203,11 +240,57 @@ class StageControlCallback(TrainerCallback):
 
 
 class CheckpointSavingTrainer(Seq2SeqTrainer):
-    """``Seq2SeqTrainer`` whose failed checkpoint saves leave no half-written ``checkpoint-N`` behind.
+    """``Seq2SeqTrainer`` whose failed checkpoint saves leave no half-written ``checkpoint-N`` behind, and whose
+    best checkpoint is never a collapsed evaluation while a healthy one exists.
 
     HF writes a checkpoint in place, file by file; when a save fails (disk full, read-only) the new
     directory is removed, and a full or unwritable disk is raised as ``OutputDirectoryError``.
     """
+
+    def _determine_best_metric(self, metrics: dict[str, float], trial: Any) -> bool:
+        """HF's choice of the best evaluation (``metric_for_best_model``) with collapse ranked first.
+
+        A healthy evaluation beats a collapsed one whatever their metrics; between two healthy (or two collapsed)
+        ones the metric decides, as in HF. ``state.best_metric`` and ``state.best_global_step`` keep HF's meaning;
+        whether the best was collapsed is read back from ``state.log_history``, so a resumed run, whose state
+        comes from ``trainer_state.json``, ranks the same way.
+        """
+        key = self.args.metric_for_best_model
+        if key is None:
+            return False
+        key = key if key.startswith("eval_") else f"eval_{key}"
+        if key not in metrics:
+            return super()._determine_best_metric(metrics, trial)  # raises HF's KeyError listing the metrics
+        value, greater = float(metrics[key]), self.args.greater_is_better
+        best = self.state.best_metric
+        if best is not None and not (
+            evaluation_rank(value, is_collapsed(metrics), greater)
+            > evaluation_rank(best, self._best_was_collapsed(key), greater)
+        ):
+            return False
+        self.state.best_metric = value
+        if self.args.save_strategy in (SaveStrategy.STEPS, SaveStrategy.EPOCH, SaveStrategy.BEST):
+            self.state.best_global_step = self.state.global_step
+        return True
+
+    def _best_was_collapsed(self, key: str) -> bool:
+        """Whether the evaluation behind ``state.best_metric`` was collapsed, from its ``log_history`` record.
+
+        HF logs an evaluation before choosing the best, so the current one is in the history too: without a best
+        step (``save_strategy: no``) the best is the latest earlier record with that value.
+        """
+        state = self.state
+        for record in reversed(state.log_history):
+            if key not in record:
+                continue
+            step = record.get("step")
+            if state.best_global_step:
+                found = step == state.best_global_step
+            else:
+                found = step != state.global_step and record[key] == state.best_metric
+            if found:
+                return is_collapsed(record)
+        return False
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         checkpoints = Path(self._get_output_dir(trial=trial))
@@ -264,6 +347,9 @@ class DialogueSummarizationTrainer:
         self._registry: ModelRegistry | None = None
         self._wandb_callback = WandbCallback(self)
         self._eval_references: list[list[str]] | None = None
+        self._eval_inputs: list[str] | None = None
+        # The predictions of the latest evaluation, in the split's order (run summaries show a few).
+        self.last_eval_predictions: list[str] = []
         self._experiment_id: str | None = None
         self.history: list[dict[str, Any]] = []
         self.prepared_dataset_dir: Path | None = None
@@ -390,6 +476,7 @@ class DialogueSummarizationTrainer:
             lr_scheduler_type=training["lr_scheduler_type"],
             optim=training["optim"],
             max_grad_norm=training["max_grad_norm"],
+            label_smoothing_factor=training["label_smoothing"],
             eval_strategy=training["eval_strategy"],
             eval_steps=training["eval_steps"],
             save_strategy=training["save_strategy"],
@@ -485,6 +572,8 @@ class DialogueSummarizationTrainer:
             decoder_max_len=self._config["tokenizer"]["decoder_max_len"],
             columns=Columns.from_config(data),
             max_samples={"train": data["max_train_samples"], "validation": data["max_val_samples"]},
+            denoising=self._config["denoising"],
+            seed=self._config["general"]["seed"],
         )
         self.prepared_dataset_dir = prepared.directory
         self.dataset_fingerprint = prepared.fingerprint
@@ -600,7 +689,7 @@ class DialogueSummarizationTrainer:
             self._trainer = self._build_hf_trainer(self._get_training_arguments(), self._user_callbacks())
             self._trainer.train_dataset = dataset["train"]
             self._trainer.eval_dataset = dataset["validation"] if "validation" in dataset else None
-            self._eval_references = dataset["validation"]["references"] if "validation" in dataset else None
+            self._set_eval_split(dataset["validation"] if "validation" in dataset else None)
             try:
                 self._trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
                 return
@@ -629,18 +718,43 @@ class DialogueSummarizationTrainer:
                 self.history.append(event)
 
     # ---------------------------------------------------------------- evaluation
+    def _set_eval_split(self, dataset: Any) -> None:
+        """Remember the reference texts and dialogues of the split being evaluated (None: no split)."""
+        self._eval_references = dataset["references"] if dataset is not None else None
+        self._eval_inputs = dataset["input"] if dataset is not None and "input" in dataset.column_names else None
+
     def _compute_metrics(self, eval_prediction: Any) -> dict[str, float]:
         """ROUGE of generated summaries against the original reference texts (not decoded labels,
-        which are truncated to ``decoder_max_len`` and would flatter long summaries)."""
+        which are truncated to ``decoder_max_len`` and would flatter long summaries), LEAD-3 on the
+        same split with the model's margins over it, and the collapse check."""
         predictions = self._decode(eval_prediction.predictions)
         references = self._eval_references or [[text] for text in self._decode(eval_prediction.label_ids)]
+        references = references[: len(predictions)]
         evaluation = self._config["evaluation"]
-        scores = compute_rouge(
-            predictions, references[: len(predictions)], evaluation["rouge_tokenizer"], evaluation["multi_reference"]
-        )
-        distinct = len(set(predictions)) / max(len(predictions), 1)
-        # The share of distinct predictions exposes a collapsed model that max-over-references ROUGE hides.
-        return {**scores, "distinct_predictions": distinct}
+        tokenizer, rule = evaluation["rouge_tokenizer"], evaluation["multi_reference"]
+        multi = any(not isinstance(refs, str) and len(refs) > 1 for refs in references)
+        by_rule = compute_rouge_by_rule(predictions, references, tokenizer, MULTI_REFERENCE_RULES if multi else (rule,))
+        scores = dict(by_rule[rule])
+        if multi:  # both rules side by side (rouge1_max, rouge1_mean, ...): max flatters generic summaries
+            scores.update({f"{key}_{name}": value for name, values in by_rule.items() for key, value in values.items()})
+        if self._eval_inputs is not None:
+            # Cached per split inside lead_rouge: evaluations during training do not score LEAD-3 again.
+            lead = lead_rouge(self._eval_inputs[: len(predictions)], references, tokenizer, rule)
+            scores.update(baseline_metrics(by_rule[rule], lead))
+        # Distinct share and the most common prediction's share expose a collapsed model that ROUGE can hide.
+        diversity = prediction_diversity(predictions)
+        reason = collapse_reason(diversity, evaluation)
+        self.last_eval_predictions = predictions
+        if reason is not None:
+            self._record_collapse(reason, predictions)
+        # HF wants numbers: the flag is 1.0/0.0 and the reason is rebuilt from the numbers (collapse_reason).
+        return {**scores, **diversity, "collapsed": float(reason is not None)}
+
+    def _record_collapse(self, reason: str, predictions: list[str]) -> None:
+        step = self._trainer.state.global_step if self._trainer is not None else 0
+        top = Counter(predictions).most_common(1)[0][0]
+        logger.warning("evaluation at step %d is collapsed: %s; most common prediction: %r", step, reason, top)
+        self.history.append({"event": "collapse", "step": step, "reason": reason, "prediction": top})
 
     def _decode(self, token_ids: Any) -> list[str]:
         if isinstance(token_ids, tuple):
@@ -658,7 +772,13 @@ class DialogueSummarizationTrainer:
                 ``eval_rougeL``, ``eval_rouge_combined_f1``, ``eval_loss``.
 
         Returns:
-            The metrics.
+            The metrics, all numbers. Beside ROUGE (under ``evaluation.multi_reference``): LEAD-3 on the
+            same split and references (``eval_lead3_rouge1`` ... ``eval_lead3_rouge_combined_f1``) and the
+            model's margins over it (``eval_rouge2_margin_over_lead3``, ...); ``eval_distinct_predictions``,
+            ``eval_top_prediction_share`` and ``eval_collapsed`` (1.0 when collapsed, see
+            :func:`pipeline.metrics.collapse_reason`; a warning and a ``collapse`` history event say why);
+            on a split where some example has several references, both rules as ``eval_rouge1_max``,
+            ``eval_rouge1_mean``, ...
 
         Raises:
             ValueError: The dataset has no summaries to score against.
@@ -669,12 +789,12 @@ class DialogueSummarizationTrainer:
                 "evaluate() needs a split with summaries; this one has none (a test file?). "
                 "Use generate_predictions() for unlabeled data"
             )
-        previous = self._eval_references
-        self._eval_references = dataset["references"]
+        previous = self._eval_references, self._eval_inputs
+        self._set_eval_split(dataset)
         try:
             return self._trainer.evaluate(eval_dataset=dataset, metric_key_prefix=metric_key_prefix)
         finally:
-            self._eval_references = previous
+            self._eval_references, self._eval_inputs = previous
 
     # ---------------------------------------------------------------- prediction
     def generate_predictions(self, dataset: Any, max_samples: int | None = None) -> list[dict[str, str]]:

@@ -72,7 +72,7 @@ def _follow(handle) -> int:
     except RunFailed as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    library_cli._print_metrics(manifest["stages"]["evaluate"]["metrics"])
+    library_cli.print_run_summary(manifest)
     for stage, record in manifest["stages"].items():
         print(f"{stage:<22}{record['worker']:<28}queue={record['queue']:<5}{record['seconds']:>9.1f}s")
     print(f"run directory: {manifest['run_dir']}")

@@ -272,8 +272,10 @@ class SweepHandle:
         return leaderboard(sweep_summary(read_sweep(self.id)), read_trials(self.id))
 
     def best(self) -> dict[str, Any] | None:
-        """The best finished trial's leaderboard row, or None."""
-        return next((row for row in self.leaderboard() if row["rank"] == 1 and row["status"] == "finished"), None)
+        """The best finished trial's leaderboard row, or None (also when every finished trial collapsed)."""
+        from pipeline.report import best_row
+
+        return best_row(self.leaderboard())
 
     def wait(
         self, timeout: float | None = None, progress: bool = True, poll_seconds: float = 1.0

@@ -184,18 +184,20 @@ def advance_sweep(sweep_id: str) -> list[str]:
 def finish_sweep(sweep_id: str, status: str) -> dict[str, Any] | None:
     """Mark the sweep ended, promote the best trial's model, write leaderboard and report.
 
+    Only a healthy finished rank-1 trial is promoted: when every finished trial collapsed, none is.
+
     Returns:
-        The best trial, or None when no trial has the metric.
+        The best trial's leaderboard row, or None when no healthy finished trial has the metric.
     """
     from pipeline.artifacts import atomic_write_json, sweeps_dir
     from pipeline.registry import ModelRegistry
-    from pipeline.report import leaderboard, write_leaderboard, write_report
+    from pipeline.report import best_row, leaderboard, write_leaderboard, write_report
 
     state = read_sweep(sweep_id)
     trials = read_trials(sweep_id)
     summary = sweep_summary(state, status)
     rows = leaderboard(summary, trials)
-    best = next((row for row in rows if row["rank"] == 1 and row["status"] == "finished"), None)
+    best = best_row(rows)
     directory = sweeps_dir(state["base_config"]["general"]["artifact_root"]) / sweep_id
     if best is not None:
         best_trial = next(trial for trial in trials if trial["trial_id"] == best["trial_id"])
@@ -243,6 +245,7 @@ def on_trial_event(manifest: dict[str, Any], status: str, error: str = "") -> No
 
     Called by the stage tasks for every run; runs that belong to no sweep return at once.
     """
+    from pipeline.report import BASELINE_FIELDS
     from pipeline.sweep import SweepSpec, metric_value
 
     links = trials_of_run(manifest["run_id"])
@@ -255,6 +258,12 @@ def on_trial_event(manifest: dict[str, Any], status: str, error: str = "") -> No
     if "train" in stages:
         fields["worker"] = stages["train"]["worker"]
         fields["seconds"] = round(sum(stage["seconds"] for stage in stages.values()), 3)
+    if status == "finished":
+        validation = stages["evaluate"]["metrics"]["validation"]
+        # A collapsed trial is ranked after every healthy one and never promoted (pipeline.report.best_row).
+        fields["collapsed"] = bool(validation.get("collapsed", False))
+        fields["collapse_reason"] = validation.get("collapse_reason") or ""
+        fields.update({key: validation[f"eval_{key}"] for key in BASELINE_FIELDS if f"eval_{key}" in validation})
     for sweep_id, trial_id in links:
         if status == "finished":
             spec = SweepSpec.from_dict(read_sweep(sweep_id)["spec"])

@@ -556,6 +556,13 @@ def test_metric_value_normalizes_prefixes(name, key):
     assert metric_value(spec, {key: 0.42, "eval_loss": 1.0}) == 0.42
 
 
+@pytest.mark.parametrize("name", ["eval/rouge2_f1", "eval/rouge2", "eval_rouge2"])
+def test_metric_value_finds_the_trainer_key_for_the_names_wandb_logs(name):
+    # The trainer's metrics say eval_rouge2; W&B shows the same number as eval/rouge2_f1.
+    spec = parse_sweep_config(sweep(metric={"name": name, "goal": "maximize"}))
+    assert metric_value(spec, {"eval_rouge1": 0.5, "eval_rouge2": 0.21, "eval_rougeL": 0.4}) == 0.21
+
+
 def test_metric_value_prefers_eval_keys_and_handles_absence():
     spec = parse_sweep_config(sweep(metric={"name": "eval/loss"}))
     assert metric_value(spec, {"loss": 3.0, "eval_loss": 1.2}) == 1.2
