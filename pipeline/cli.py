@@ -112,7 +112,7 @@ def print_run_summary(manifest: dict) -> None:
             others = "  ".join(f"{label} {get(f'{key}_{other}'):.4f}" for label, key in _SUMMARY_ROWS)
             print(f"  {other} over references: {others}")
         collapsed = f"yes: {values.get('collapse_reason')}" if values.get("collapsed") else "no"
-        print(f"  distinct predictions {get('distinct_predictions'):.0%}; collapsed: {collapsed}")
+        print(f"  distinct predictions {get('distinct_predictions'):.1%}; collapsed: {collapsed}")
     samples = manifest["stages"]["train"].get("validation_samples") or []
     if samples:
         print(f"sample predictions (first {len(samples)} of validation):")

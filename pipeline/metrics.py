@@ -430,11 +430,11 @@ def collapse_reason(metrics: Mapping[str, Any], evaluation: Mapping[str, Any], p
     reasons = []
     if distinct is not None and distinct < min_distinct:
         reasons.append(
-            f"only {distinct:.0%} of the predictions are distinct (evaluation.collapse_min_distinct {min_distinct:.0%})"
+            f"only {distinct:.1%} of the predictions are distinct (evaluation.collapse_min_distinct {min_distinct:.0%})"
         )
     if top_share is not None and top_share > max_top_share:
         reasons.append(
-            f"one prediction is {top_share:.0%} of all predictions "
+            f"one prediction is {top_share:.1%} of all predictions "
             f"(evaluation.collapse_max_top_share {max_top_share:.0%})"
         )
     return "; ".join(reasons) or None
