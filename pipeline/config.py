@@ -259,6 +259,11 @@ class ScratchModelConfig:
         most=_MOST_TOKENS,
     )
     dropout: float = _opt(0.1, "Dropout probability.", ge=0, lt=1)
+    pre_layer_norm: bool = _opt(
+        False,
+        "Layer norm before each sublayer (mBART's layout) instead of after it (BART's). Post-norm encoders trained "
+        "from scratch at a high learning rate can collapse: every position ends up the same vector.",
+    )
 
 
 @dataclass

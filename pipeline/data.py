@@ -306,7 +306,7 @@ def infill(ids: list[int], mask_id: int, mask_ratio: float, mean_span: float, rn
             masked[index] = True
     out: list[int] = []
     for index, token in enumerate(ids):
-        if index in inserts and not masked[index]:
+        if index in inserts and not masked[index] and (not out or out[-1] != mask_id):
             out.append(mask_id)
         if not masked[index]:
             out.append(token)

@@ -245,7 +245,6 @@ def on_trial_event(manifest: dict[str, Any], status: str, error: str = "") -> No
 
     Called by the stage tasks for every run; runs that belong to no sweep return at once.
     """
-    from pipeline.report import BASELINE_FIELDS
     from pipeline.sweep import SweepSpec, metric_value
 
     links = trials_of_run(manifest["run_id"])
@@ -259,11 +258,7 @@ def on_trial_event(manifest: dict[str, Any], status: str, error: str = "") -> No
         fields["worker"] = stages["train"]["worker"]
         fields["seconds"] = round(sum(stage["seconds"] for stage in stages.values()), 3)
     if status == "finished":
-        validation = stages["evaluate"]["metrics"]["validation"]
-        # A collapsed trial is ranked after every healthy one and never promoted (pipeline.report.best_row).
-        fields["collapsed"] = bool(validation.get("collapsed", False))
-        fields["collapse_reason"] = validation.get("collapse_reason") or ""
-        fields.update({key: validation[f"eval_{key}"] for key in BASELINE_FIELDS if f"eval_{key}" in validation})
+        fields.update(evaluation_fields(stages["evaluate"]["metrics"]["validation"]))
     for sweep_id, trial_id in links:
         if status == "finished":
             spec = SweepSpec.from_dict(read_sweep(sweep_id)["spec"])
@@ -271,6 +266,24 @@ def on_trial_event(manifest: dict[str, Any], status: str, error: str = "") -> No
         update_trial(sweep_id, trial_id, **fields)
         if status not in ACTIVE_TRIAL_STATUSES:
             advance.apply_async(args=(sweep_id,))
+
+
+def evaluation_fields(validation: dict[str, Any]) -> dict[str, Any]:
+    """What a finished trial records from its validation metrics (``metrics.json``) beside the sweep metric.
+
+    Returns:
+        ``collapsed`` (a collapsed trial is ranked after every healthy one and never promoted, see
+        ``pipeline.report.best_row``), ``collapse_reason`` ("" when healthy), and ``lead3_rouge2`` and
+        ``rouge2_margin_over_lead3`` where the evaluation reported them.
+    """
+    from pipeline.report import BASELINE_FIELDS
+
+    fields: dict[str, Any] = {
+        "collapsed": bool(validation.get("collapsed", False)),
+        "collapse_reason": validation.get("collapse_reason") or "",
+    }
+    fields.update({key: validation[f"eval_{key}"] for key in BASELINE_FIELDS if f"eval_{key}" in validation})
+    return fields
 
 
 def record_evaluation(run_id: str, step: int, metrics: dict[str, float]) -> None:

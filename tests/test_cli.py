@@ -97,6 +97,14 @@ def test_main_job_tiny_config_learns_and_leaves_the_run_directory(tmp_path):
 
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["validation"]["eval_rouge1"] >= 0.5, metrics  # the model really learns
+    validation = metrics["validation"]
+    assert validation["collapsed"] is False and validation["collapse_reason"] is None, validation
+    assert validation["eval_collapsed"] == 0.0 and validation["eval_distinct_predictions"] >= 0.5
+    # It learned more than copying the dialogue's first three turns.
+    assert validation["eval_rouge2"] > validation["eval_lead3_rouge2"] > 0
+    assert validation["eval_rouge2_margin_over_lead3"] == pytest.approx(
+        validation["eval_rouge2"] - validation["eval_lead3_rouge2"]
+    )
     with open(workdir / "data" / "sample" / "test.csv", encoding="utf-8") as handle:
         test_fnames = [row["fname"] for row in csv.DictReader(handle)]
     with open(run / "predictions.csv", encoding="utf-8") as handle:
@@ -111,6 +119,14 @@ def test_main_job_tiny_config_learns_and_leaves_the_run_directory(tmp_path):
     assert list(manifest["stages"]) == ["prepare_data", "train", "evaluate", "generate_predictions"]
     assert all(stage["worker"].startswith("local@") for stage in manifest["stages"].values())
     assert "ROUGE-1" in result.stdout and "validation" in result.stdout
+    # The closing table: model against LEAD-3, distinct share, collapse verdict, five predictions with references.
+    assert "LEAD-3" in result.stdout and "margin" in result.stdout and "collapsed: no" in result.stdout
+    assert "sample predictions (first 5 of validation)" in result.stdout
+    assert result.stdout.count("    model: ") == 5 and result.stdout.count("    ref:   ") == 5
+    from pipeline.registry import ModelRegistry
+
+    registry = ModelRegistry(workdir / "artifacts")
+    assert registry.promote(registry.list()[-1]["id"])["stage"] == "production"  # healthy: no force needed
 
     # predict with the trained model on the test file: same summaries as the run's own predictions
     out = tmp_path / "submission.csv"
@@ -120,3 +136,43 @@ def test_main_job_tiny_config_learns_and_leaves_the_run_directory(tmp_path):
     assert predict.returncode == 0, predict.stderr[-3000:]
     with open(out, encoding="utf-8") as handle:
         assert list(csv.DictReader(handle)) == rows
+
+
+@pytest.mark.slow
+def test_really_collapsed_tiny_run_is_flagged_and_refused_production(tmp_path):
+    """tiny.yaml with length-grouped batches at lr 3e-3 collapses (its own comment says so; run in full it writes one
+    summary for all 200 dev dialogues). Sixty steps on 1,000 dialogues already show it, at a fraction of the cost."""
+    workdir = tmp_path / "checkout"
+    workdir.mkdir()
+    (workdir / "config").symlink_to(REPO / "config")
+    overrides = {
+        "training.group_by_length": "true",
+        "training.learning_rate": "3e-3",
+        "data.sample_size": "1000",
+        "training.max_steps": "60",
+        "training.eval_steps": "60",
+        "training.save_steps": "60",
+    }
+    sets = [arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]
+    result = dialsum("run", "--config", "config/tiny.yaml", *sets, cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    (run,) = (workdir / "artifacts" / "runs" / "tiny").iterdir()
+    validation = json.loads((run / "metrics.json").read_text())["validation"]
+    assert validation["collapsed"] is True and validation["eval_collapsed"] == 1.0, validation
+    assert "of the predictions are distinct" in validation["collapse_reason"]
+    assert validation["eval_distinct_predictions"] < 0.5
+    # The signature of collapse: ROUGE-2 below LEAD-3's, whatever ROUGE-1 says.
+    assert validation["eval_rouge2_margin_over_lead3"] < 0
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert any(record.get("event") == "collapse" and record["step"] == 60 for record in history)
+    assert "is collapsed" in result.stderr  # the warning
+    assert f"collapsed: yes: {validation['collapse_reason']}" in result.stdout
+
+    from pipeline.registry import ModelRegistry
+
+    registry = ModelRegistry(workdir / "artifacts")
+    (entry,) = registry.list()
+    with pytest.raises(ValueError, match=rf"{entry['id']}.*collapsed.*force=True"):
+        registry.promote(entry["id"])
+    assert registry.promote(entry["id"], force=True)["stage"] == "production"

@@ -89,6 +89,25 @@ def test_base_config_values():
 # ------------------------------------------------------------------------------------------------ defaults
 
 
+def test_evaluation_defaults_follow_the_competition_and_flag_collapse():
+    evaluation = ConfigManager().validate({})["evaluation"]
+    assert evaluation == {
+        "rouge_tokenizer": "kiwi",
+        "multi_reference": "mean",
+        "collapse_min_distinct": 0.5,
+        "collapse_max_top_share": 0.3,
+    }
+    base = ConfigManager().load_config(REPO / "config" / "base_config.yaml")
+    assert base["evaluation"]["multi_reference"] == "mean"
+    english = {"evaluation": {"rouge_tokenizer": "english", "multi_reference": "max"}}
+    assert PipelineConfig.from_dict(english).evaluation.rouge_tokenizer == "english"
+    error = config_error({"evaluation": {"collapse_min_distinct": 1.5, "collapse_max_top_share": -0.1}})
+    assert [problem.split(":")[0] for problem in error.problems] == [
+        "evaluation.collapse_min_distinct",
+        "evaluation.collapse_max_top_share",
+    ]
+
+
 def test_partial_dict_from_spec_gets_defaults():
     partial = {
         "model": {"architecture": "kobart", "checkpoint": "gogamza/kobart-base-v2"},

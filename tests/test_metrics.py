@@ -5,7 +5,16 @@ import random
 import pytest
 from rouge_score.rouge_scorer import RougeScorer
 
-from pipeline.metrics import MARKER_PATTERN, combined_f1, compute_rouge, get_tokenizer, rouge_per_example
+from pipeline.metrics import (
+    MARKER_PATTERN,
+    collapse_reason,
+    combined_f1,
+    compute_rouge,
+    compute_rouge_by_rule,
+    get_tokenizer,
+    prediction_diversity,
+    rouge_per_example,
+)
 
 KEYS = ("rouge1", "rouge2", "rougeL")
 KOREAN = "#Person1#은 #Person2#에게 내일 회의 일정을 알려주고, #Person2#는 참석하겠다고 답한다."
@@ -221,3 +230,65 @@ def test_token_cache_is_bounded_least_recently_used():
     assert cache.lookup(["a", "b", "c"]) == [("a",), None, ("c",)]
     with pytest.raises(ValueError, match="maxsize"):
         TokenCache(0)
+
+
+# --------------------------------------------------------------------------------- English, rules, collapse
+
+ENGLISH_PAIRS = [
+    (
+        "#Person1# asks #Person2# about the running shoes she bought.",
+        "#Person2# bought running shoes and #Person1# asked about them.",
+    ),
+    ("The doctors examined the patients' breathing problems.", "A doctor examines a patient who cannot breathe."),
+    ("They're planning a trip to Paris in June.", "They planned trips to Paris."),
+]
+
+
+def test_english_tokenizer_equals_rouge_score_with_its_stemmer():
+    scorer = RougeScorer(list(KEYS), use_stemmer=True)
+    references = [reference for reference, _ in ENGLISH_PAIRS]
+    predictions = [prediction for _, prediction in ENGLISH_PAIRS]
+    for got, (reference, prediction) in zip(
+        rouge_per_example(predictions, references, tokenizer="english"), ENGLISH_PAIRS, strict=True
+    ):
+        want = scorer.score(reference, prediction)
+        for key in KEYS:
+            assert got[key] == pytest.approx(want[key].fmeasure, abs=1e-12)
+    # The stemmer is what makes "bought running shoes" meet "running shoes she bought" on "run"/"shoe".
+    assert get_tokenizer("english").tokenize("running shoes") == ["run", "shoe"]
+    assert get_tokenizer("default").tokenize("running shoes") == ["running", "shoes"]
+
+
+def test_default_rule_is_the_competitions_mean():
+    prediction, references = "사과 바나나 체리 포도", [["포도 체리 바나나 사과", "사과 바나나 수박 딸기"]]
+    assert compute_rouge([prediction], references, tokenizer="whitespace") == compute_rouge(
+        [prediction], references, tokenizer="whitespace", multi_reference="mean"
+    )
+
+
+def test_rouge_by_rule_equals_each_rule_alone():
+    predictions = [prediction for _, prediction in PAIRS]
+    references = [[reference, PAIRS[(i + 5) % len(PAIRS)][0]] for i, (reference, _) in enumerate(PAIRS)]
+    by_rule = compute_rouge_by_rule(predictions, references, "whitespace")
+    assert set(by_rule) == {"max", "mean"}
+    for rule, scores in by_rule.items():
+        assert scores == compute_rouge(predictions, references, "whitespace", multi_reference=rule)
+    assert by_rule["max"]["rouge1"] > by_rule["mean"]["rouge1"]
+
+
+def test_prediction_diversity_and_collapse_reason():
+    thresholds = {"collapse_min_distinct": 0.5, "collapse_max_top_share": 0.3}
+    constant = prediction_diversity(["같은 요약"] * 9 + ["다른 요약"])
+    assert constant == pytest.approx({"distinct_predictions": 0.2, "top_prediction_share": 0.9})
+    reason = collapse_reason(constant, thresholds)
+    assert "20.0% of the predictions are distinct" in reason and "collapse_min_distinct 50%" in reason
+    assert "one prediction is 90.0% of all predictions" in reason and "collapse_max_top_share 30%" in reason
+    # Mostly distinct, but one summary for 4 of 10 dialogues: the top share alone flags it.
+    repeated = prediction_diversity(["같은 요약"] * 4 + [f"요약 {i}" for i in range(6)])
+    assert repeated["distinct_predictions"] == pytest.approx(0.7)
+    assert collapse_reason(repeated, thresholds).startswith("one prediction is 40.0%")
+    # Every prediction distinct: healthy, however few there are (a text seen once repeats nothing).
+    assert prediction_diversity(["하나"]) == {"distinct_predictions": 1.0, "top_prediction_share": 0.0}
+    assert collapse_reason(prediction_diversity(["가", "나", "다"]), thresholds) is None
+    assert collapse_reason({"eval_distinct_predictions": 0.1, "eval_top_prediction_share": 0.0}, thresholds, "eval_")
+    assert collapse_reason({}, thresholds) is None  # metrics from before the check existed

@@ -119,6 +119,26 @@ def test_promote_rejects_unknown_id_and_empty_stage(tmp_path: Path, registry: Mo
         registry.promote(model_id, stage="")
 
 
+def test_collapsed_model_is_refused_production_unless_forced(tmp_path: Path, registry: ModelRegistry) -> None:
+    from pipeline.config import ConfigManager
+
+    config = ConfigManager().validate({"experiment": {"name": "tiny"}})
+    collapsed_metrics = {"rouge1": 0.42, "distinct_predictions": 0.02, "top_prediction_share": 0.62, "collapsed": 1.0}
+    healthy = registry.register(make_model_dir(tmp_path, "a"), {"rouge1": 0.3, "collapsed": 0.0}, config)
+    collapsed = registry.register(make_model_dir(tmp_path, "b"), collapsed_metrics, config)
+    registry.promote(healthy)
+
+    with pytest.raises(ValueError) as refused:
+        registry.promote(collapsed)
+    message = str(refused.value)
+    assert collapsed in message and "collapsed" in message and "force=True" in message
+    assert "only 2.0% of the predictions are distinct" in message and "one prediction is 62.0%" in message
+    assert registry.get_stage("tiny")["id"] == healthy  # nothing changed
+    registry.promote(collapsed, stage="staging")  # other stages are not guarded
+    assert registry.promote(collapsed, force=True)["stage"] == "production"
+    assert registry.get(healthy)["stage"] == "archived"
+
+
 def test_missing_model_dir_is_an_error_naming_it(tmp_path: Path, registry: ModelRegistry) -> None:
     missing = tmp_path / "runs" / "nowhere" / "model"
     with pytest.raises(FileNotFoundError, match="nowhere"):

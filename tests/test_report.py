@@ -15,6 +15,7 @@ import pytest
 
 from pipeline.report import (
     STATUS_COLORS,
+    best_row,
     leaderboard,
     leaderboard_table,
     render_report,
@@ -170,6 +171,77 @@ def test_table_formats_floats_to_four_significant_digits():
 
     assert "0.6123" in table and "3.142e-05" in table and "12346" in table
     assert "0.612345" not in table
+
+
+def collapse_trials() -> list[dict]:
+    """Three finished trials as ``on_trial_event`` records them: the highest metric belongs to a collapsed one."""
+    reason = "only 2.0% of the predictions are distinct (evaluation.collapse_min_distinct 50%)"
+    return [
+        {
+            **_trial(0, 0.61),
+            "collapsed": True,
+            "collapse_reason": reason,
+            "lead3_rouge2": 0.239,
+            "rouge2_margin_over_lead3": -0.083,
+        },
+        {
+            **_trial(1, 0.48),
+            "collapsed": False,
+            "collapse_reason": "",
+            "lead3_rouge2": 0.239,
+            "rouge2_margin_over_lead3": 0.041,
+        },
+        {
+            **_trial(2, 0.52),
+            "collapsed": False,
+            "collapse_reason": "",
+            "lead3_rouge2": 0.239,
+            "rouge2_margin_over_lead3": 0.065,
+        },
+        _trial(3, None, "running"),
+    ]
+
+
+def test_collapsed_trial_ranks_after_healthy_ones_and_is_never_best():
+    rows = leaderboard(SWEEP, collapse_trials())
+
+    assert [(r["trial_id"], r["rank"], r["collapsed"]) for r in rows] == [
+        ("t2", 1, False),
+        ("t1", 2, False),
+        ("t0", 3, True),
+        ("t3", None, None),
+    ]
+    assert rows[0]["lead3_rouge2"] == 0.239 and rows[0]["rouge2_margin_over_lead3"] == 0.065
+    assert best_row(rows)["trial_id"] == "t2"
+    # Every finished trial collapsed: the collapsed one still ranks first, but nothing is promoted.
+    all_collapsed = [{**trial, "collapsed": True} for trial in collapse_trials()[:3]]
+    assert (
+        leaderboard(SWEEP, all_collapsed)[0]["trial_id"] == "t0" and best_row(leaderboard(SWEEP, all_collapsed)) is None
+    )
+
+
+def test_collapsed_and_baseline_columns_appear_in_table_csv_and_report(tmp_path):
+    rows = leaderboard(SWEEP, collapse_trials())
+
+    table = leaderboard_table(rows)
+    header, *body = [line for i, line in enumerate(table.splitlines()) if i != 1]
+    assert "collapsed" in header and "lead3 R2" in header and "R2 margin" in header
+    assert re.search(r"\bt0\b.*\byes\b", body[2]) and re.search(r"\bt2\b.*\bno\b", body[0])
+    with open(write_leaderboard(rows, tmp_path)["csv"], newline="", encoding="utf-8") as handle:
+        records = list(csv.DictReader(handle))
+    assert records[2]["collapsed"] == "True" and records[0]["rouge2_margin_over_lead3"] == "0.065"
+
+    page = render_report(SWEEP, collapse_trials())
+    for svg in _svgs(page):
+        ET.fromstring(svg)
+    assert "1 trial collapsed" in page and ">collapsed</text>" in page  # header and the bar's label
+    assert re.search(r'<tr class="collapsed-row"><td[^>]*>3</td><td>t0</td>', page)
+    assert 'title="only 2.0% of the predictions are distinct' in page  # the reason, as the badge's tooltip
+    assert re.search(r"Best trial <b>t2</b>", page)
+    # Trials recorded before the check existed get no such columns.
+    assert "collapsed" not in leaderboard(SWEEP, realistic_trials())[0]
+    healthy_page = render_report(SWEEP, realistic_trials())
+    assert "trial collapsed" not in healthy_page and 'class="collapsed-row"' not in healthy_page
 
 
 # ------------------------------------------------------------------------------------------------ report

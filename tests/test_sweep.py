@@ -693,3 +693,75 @@ def test_describe_summarizes_the_sweep():
     assert "hyperband" in text and "1, 3, 9" in text and "runs until cancelled" in text
     text = describe(lr_sweep("bayes", run_cap=8))
     assert "up to 8 runs" in text and "1e-05 .. 0.1 (log scale)" in text and "= 1" in text
+
+
+# ------------------------------------------------------------------------------------------ collapse
+
+
+def _validation_metrics(combined: float, collapsed: bool) -> dict:
+    """A finished trial's validation metrics as evaluate_stage writes them to metrics.json."""
+    reason = "only 0.5% of the predictions are distinct (evaluation.collapse_min_distinct 50%)" if collapsed else None
+    return {
+        "eval_rouge_combined_f1": combined,
+        "eval_lead3_rouge2": 0.239,
+        "eval_rouge2_margin_over_lead3": -0.08 if collapsed else 0.05,
+        "eval_collapsed": float(collapsed),
+        "collapsed": collapsed,
+        "collapse_reason": reason,
+    }
+
+
+def test_trial_records_collapse_and_lead3_from_its_validation_metrics():
+    from tasks.sweeps import evaluation_fields
+
+    assert evaluation_fields(_validation_metrics(0.61, True)) == {
+        "collapsed": True,
+        "collapse_reason": "only 0.5% of the predictions are distinct (evaluation.collapse_min_distinct 50%)",
+        "lead3_rouge2": 0.239,
+        "rouge2_margin_over_lead3": -0.08,
+    }
+    assert evaluation_fields({"eval_rouge_combined_f1": 0.3}) == {"collapsed": False, "collapse_reason": ""}
+
+
+def test_finished_sweep_promotes_the_best_healthy_trial_not_a_collapsed_one(redis_server, tmp_path, base_config):
+    """finish_sweep on a real Redis and a real registry: the collapsed trial has the highest metric."""
+    from pipeline.registry import ModelRegistry
+    from tasks import sweeps
+    from tasks.app import app
+    from tasks.state import write_run
+
+    base = {**base_config, "general": {**base_config["general"], "artifact_root": str(tmp_path / "artifacts")}}
+    registry = ModelRegistry(tmp_path / "artifacts")
+    previous_broker = app.conf.broker_url
+    app.conf.broker_url = redis_server.url
+    try:
+        sweep_id = sweeps.create_sweep(parse_sweep_config(sweep(), base).to_dict(), base, parallel=3)
+        for index, (combined, collapsed) in enumerate([(0.61, True), (0.48, False), (0.52, False)]):
+            run_id, run_dir = f"run-{index}", tmp_path / "artifacts" / "runs" / f"trial{index}"
+            (run_dir / "model").mkdir(parents=True)
+            validation = _validation_metrics(combined, collapsed)
+            metrics = {key[len("eval_") :]: value for key, value in validation.items() if key.startswith("eval_")}
+            registry.register(run_dir / "model", metrics, base, name="sweep-model")
+            write_run(run_id, run_dir=str(run_dir))
+            sweeps.update_trial(
+                sweep_id,
+                f"{sweep_id}-t{index}",
+                trial_id=f"{sweep_id}-t{index}",
+                index=index,
+                params={LR: 10.0 ** -(index + 3)},
+                status="finished",
+                metric=combined,
+                run_id=run_id,
+                **sweeps.evaluation_fields(validation),
+            )
+
+        best = sweeps.finish_sweep(sweep_id, "finished")
+
+        assert best["trial_id"] == f"{sweep_id}-t2"
+        promoted = registry.get_stage("sweep-model")
+        assert promoted["model_path"] == str((tmp_path / "artifacts" / "runs" / "trial2" / "model").resolve())
+        leaderboard = json.loads((tmp_path / "artifacts" / "sweeps" / sweep_id / "leaderboard.json").read_text())
+        assert [(row["index"], row["collapsed"]) for row in leaderboard] == [(2, False), (1, False), (0, True)]
+        assert 'class="collapsed-row"' in (tmp_path / "artifacts" / "sweeps" / sweep_id / "report.html").read_text()
+    finally:
+        app.conf.broker_url = previous_broker

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
 import torch
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, TrainerCallback
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, TrainerCallback, TrainerState
 
 from pipeline.artifacts import latest_checkpoint
+from pipeline.baselines import _cached_lead_rouge, lead_rouge
 from pipeline.trainer import DialogueSummarizationTrainer, write_predictions
 
 pytestmark = pytest.mark.slow
@@ -165,3 +167,76 @@ def test_wandb_callback_logs_spec_keys_to_the_local_record(micro_config):
     assert result.best_metrics["rouge_combined_f1"] == pytest.approx(
         max(r["eval/rouge_combined_f1"] for r in evaluations)
     )
+
+
+def test_evaluations_report_lead3_once_per_split_and_flag_collapse(micro_config, tmp_path):
+    # Eight steps teach the micro model nothing: it writes one (empty) summary for every dialogue.
+    trainer = DialogueSummarizationTrainer(micro_config)
+    datasets = trainer.prepare_data()
+    misses = _cached_lead_rouge.cache_info().misses
+    result = trainer.train(datasets)
+
+    validation = datasets["validation"]
+    lead = lead_rouge(validation["input"], validation["references"], "kiwi", "mean")
+    evaluations = [record for record in result.training_history if "eval_lead3_rouge2" in record]
+    assert len(evaluations) == 3  # steps 4 and 8, and the saved model
+    for record in evaluations:
+        assert record["eval_lead3_rouge2"] == lead["rouge2"] and record["eval_lead3_rouge1"] == lead["rouge1"]
+        assert record["eval_rouge2_margin_over_lead3"] == pytest.approx(record["eval_rouge2"] - lead["rouge2"])
+        assert record["eval_collapsed"] == 1.0
+        assert "eval_rouge1_max" not in record  # one reference per dialogue: one rule
+    assert _cached_lead_rouge.cache_info().misses == misses + 1  # scored once, at the first evaluation
+    assert result.final_metrics["collapsed"] == 1.0 and result.best_metrics["collapsed"] == 1.0
+    history = [json.loads(line) for line in (trainer.output_dir / "history.jsonl").read_text().splitlines()]
+    events = [record for record in history if record.get("event") == "collapse"]
+    assert [event["step"] for event in events] == [4, 8, 8]
+    assert "of the predictions are distinct" in events[0]["reason"] and "prediction" in events[0]
+
+    # A split with two references per dialogue reports both rules beside the configured one (mean).
+    with open(micro_config["data"]["val_path"], encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    multi = tmp_path / "multi.csv"
+    with open(multi, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["fname", "dialogue", "summary1", "summary2"])
+        writer.writerows([row["fname"], row["dialogue"], row["summary"], row["dialogue"][:40]] for row in rows)
+    split = trainer.prepare_data(val_path=str(multi))["validation"]
+    metrics = trainer.evaluate(split, metric_key_prefix="multi")
+    for key in ("rouge1", "rouge2", "rougeL", "rouge_combined_f1"):
+        assert metrics[f"multi_{key}"] == metrics[f"multi_{key}_mean"]
+        assert metrics[f"multi_{key}_max"] >= metrics[f"multi_{key}_mean"]
+    multi_lead = lead_rouge(split["input"], split["references"], "kiwi", "mean")
+    assert metrics["multi_lead3_rouge2"] == multi_lead["rouge2"] and metrics["multi_collapsed"] == 1.0
+    assert "eval_rouge_combined_f1" not in metrics  # the validation callback leaves other splits alone
+
+
+def test_best_checkpoint_prefers_any_healthy_evaluation_also_after_resume(micro_config, tmp_path):
+    """HF's best-metric choice on the real trainer and state, fed evaluations as HF logs them."""
+    trainer = DialogueSummarizationTrainer(micro_config)
+    trainer.initialize_components()
+    hf = trainer.trainer
+
+    def evaluation(step: int, combined: float, collapsed: bool) -> bool:
+        hf.state.global_step = step
+        metrics = {"eval_rouge_combined_f1": combined, "eval_collapsed": float(collapsed), "eval_loss": 1.0}
+        hf.state.log_history.append({**metrics, "step": step})  # HF logs an evaluation before choosing the best
+        return hf._determine_best_metric(metrics=metrics, trial=None)
+
+    assert evaluation(4, 0.40, collapsed=True)  # the first is the best so far, collapsed or not
+    assert evaluation(8, 0.20, collapsed=False)  # healthy beats collapsed whatever the scores
+    assert not evaluation(12, 0.60, collapsed=True)  # and a collapsed one never beats a healthy one
+    assert evaluation(16, 0.30, collapsed=False)  # between healthy ones the metric decides
+    assert not evaluation(20, 0.25, collapsed=False)
+    assert (hf.state.best_metric, hf.state.best_global_step) == (0.30, 16)
+
+    # Resume: the state comes back from trainer_state.json, the collapse flags from its log history.
+    hf.state.save_to_json(str(tmp_path / "trainer_state.json"))
+    hf.state = TrainerState.load_from_json(str(tmp_path / "trainer_state.json"))
+    assert not evaluation(24, 0.90, collapsed=True)
+    assert evaluation(28, 0.31, collapsed=False)
+    assert hf.state.best_global_step == 28
+
+    # W&B's best tracking follows the same rule, rebuilt from the restored history at train begin.
+    callback = trainer._wandb_callback
+    callback.on_train_begin(hf.args, hf.state, hf.control)
+    assert (callback.best_combined, callback.best_collapsed, callback.best_metrics["step"]) == (0.31, False, 28)
