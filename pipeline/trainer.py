@@ -4,7 +4,9 @@ The public names, signatures and metric keys follow ``spec/trainer_api.ko.md``, 
 already know. Underneath it is a plain HF ``Seq2SeqTrainer``; this module adds what the spec
 promises on top: Korean-aware ROUGE during evaluation, best-metric tracking and W&B logging
 (:class:`WandbCallback`), resume from the latest checkpoint, out-of-memory batch backoff, the run
-directory with ``model/``, and registration in the model registry.
+directory with ``model/``, and registration in the model registry. Every evaluation also reports
+LEAD-3 on the same split and flags a collapsed model (one summary for many dialogues), which
+best-checkpoint selection never prefers to a healthy evaluation.
 
 Where the spec is vague:
 

@@ -30,6 +30,7 @@ SECTIONS = {
     "data",
     "model",
     "tokenizer",
+    "denoising",
     "training",
     "generation",
     "evaluation",

@@ -68,3 +68,17 @@ def test_unreachable_hub_says_how_to_use_local_dir_or_scratch(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert "gogamza/kobart-base-v2" in result.stdout
     assert "local directory" in result.stdout and "model.checkpoint: scratch" in result.stdout
+
+
+def test_pre_layer_norm_scratch_model_round_trips_and_starts_decoding_like_bart(micro_config, tmp_path):
+    from transformers import AutoModelForSeq2SeqLM
+
+    micro_config["model"]["scratch"]["pre_layer_norm"] = True
+    tokenizer, model = load_model_and_tokenizer(micro_config, tmp_path, micro_config["data"]["train_path"])
+    assert model.config.model_type == "mbart" and model.config.decoder_start_token_id == tokenizer.eos_token_id
+    labels = tokenizer(text_target=["두 사람이 인사한다."], return_tensors="pt")["input_ids"]
+    # mBART moves the final </s> to the front: the same decoder inputs BART builds from </s>.
+    shifted = model.prepare_decoder_input_ids_from_labels(labels=labels)
+    assert shifted[0].tolist() == [tokenizer.eos_token_id, *labels[0, :-1].tolist()]
+    model.save_pretrained(tmp_path / "saved")
+    assert type(AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "saved")) is type(model)

@@ -22,6 +22,9 @@ def _base(cluster, root: Path, **training) -> dict:
     config = copy.deepcopy(cluster["config"])
     config["general"]["artifact_root"] = str(root)
     config["training"].update(training)
+    # 8-step micro models write near-identical summaries, which the collapse check rightly flags; these tests are
+    # about sweep mechanics (ranking, promotion, pruning), so every trial counts as healthy here.
+    config["evaluation"].update(collapse_min_distinct=0.0, collapse_max_top_share=1.0)
     return config
 
 

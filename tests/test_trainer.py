@@ -173,8 +173,9 @@ def test_evaluations_report_lead3_once_per_split_and_flag_collapse(micro_config,
     # Eight steps teach the micro model nothing: it writes one (empty) summary for every dialogue.
     trainer = DialogueSummarizationTrainer(micro_config)
     datasets = trainer.prepare_data()
-    misses = _cached_lead_rouge.cache_info().misses
+    before = _cached_lead_rouge.cache_info()
     result = trainer.train(datasets)
+    after = _cached_lead_rouge.cache_info()
 
     validation = datasets["validation"]
     lead = lead_rouge(validation["input"], validation["references"], "kiwi", "mean")
@@ -185,7 +186,8 @@ def test_evaluations_report_lead3_once_per_split_and_flag_collapse(micro_config,
         assert record["eval_rouge2_margin_over_lead3"] == pytest.approx(record["eval_rouge2"] - lead["rouge2"])
         assert record["eval_collapsed"] == 1.0
         assert "eval_rouge1_max" not in record  # one reference per dialogue: one rule
-    assert _cached_lead_rouge.cache_info().misses == misses + 1  # scored once, at the first evaluation
+    # Scored at most once (an earlier test in this process may have scored this very split), then reused.
+    assert after.misses - before.misses <= 1 and after.hits - before.hits >= 2
     assert result.final_metrics["collapsed"] == 1.0 and result.best_metrics["collapsed"] == 1.0
     history = [json.loads(line) for line in (trainer.output_dir / "history.jsonl").read_text().splitlines()]
     events = [record for record in history if record.get("event") == "collapse"]
