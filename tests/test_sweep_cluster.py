@@ -46,7 +46,7 @@ def test_grid_2x2_on_two_workers(cluster, tmp_path):
     rows = handle.wait(timeout=600, progress=False)
 
     assert handle.status()["status"] == "finished"
-    assert [row["status"] for row in rows] == ["finished"] * 4
+    assert [row["status"] for row in rows] == ["finished"] * 4, [trial.get("error") for trial in handle.trials()]
     assert [row["rank"] for row in rows] == [1, 2, 3, 4]
     metrics = [row["metric"] for row in rows]
     assert metrics == sorted(metrics) and len(set(metrics)) == 4
