@@ -99,10 +99,11 @@ def print_run_summary(manifest: dict) -> None:
     The samples come from the train stage's final evaluation of the saved model on the validation split (the
     split these scores are from), not from ``predictions.jsonl``: the test split usually has no references.
     """
+    from pipeline.lifecycle import metric_prefix
     from pipeline.report import _truncate  # display-width aware: Hangul takes two terminal columns
 
     for split, values in manifest["stages"]["evaluate"]["metrics"].items():
-        prefix = "eval" if split == "validation" else split
+        prefix = metric_prefix(split)
         get = functools.partial(_split_metric, values, prefix)
         print(f"{split:<12}{'model':>9}{'LEAD-3':>9}{'margin':>9}")
         for label, key in _SUMMARY_ROWS:

@@ -327,13 +327,13 @@ def evaluate_stage(manifest: dict[str, Any]) -> dict[str, Any]:
             metrics[split] = trainer.evaluate(datasets[split], metric_key_prefix=split)
     for split, values in metrics.items():
         # Rebuilt from the split's numbers, as the evaluation that flagged it worded it (HF metrics hold no text).
-        reason = collapse_reason(values, manifest["config"]["evaluation"], prefix=f"{_prefix(split)}_")
+        reason = collapse_reason(values, manifest["config"]["evaluation"], prefix=f"{metric_prefix(split)}_")
         values.update(collapsed=reason is not None, collapse_reason=reason)
     metrics_path = atomic_write_json(Path(manifest["run_dir"]) / "metrics.json", metrics)
     return _record(manifest, "evaluate", started, metrics_path=str(metrics_path), metrics=metrics)
 
 
-def _prefix(split: str) -> str:
+def metric_prefix(split: str) -> str:
     """The metric key prefix of a split in ``metrics.json``: ``eval`` for validation, else the split's name."""
     return "eval" if split == "validation" else split
 
