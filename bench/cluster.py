@@ -122,10 +122,11 @@ class Cluster:
         raise RuntimeError(f"redis-server did not start on port {self.port}")
 
     def _start_workers(self) -> None:
-        from tasks.worker import available_cores, plan_workers
+        from tasks.host import host_cores
+        from tasks.worker import plan_workers
 
         log = self.log_path.open("w")
-        for spec in plan_workers("none", None, self.workers, available_cores(), loglevel="warning"):
+        for spec in plan_workers("none", None, self.workers, host_cores(), loglevel="warning"):
             argv, env = worker_command(list(spec.argv), spec.env, self.variant)
             argv[argv.index("tasks.app")] = self.app_module
             process = subprocess.Popen(

@@ -26,7 +26,7 @@ import operator
 import os
 import re
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from types import NoneType, UnionType
@@ -53,6 +53,7 @@ __all__ = [
     "TokenizerConfig",
     "TrainingConfig",
     "WandbConfig",
+    "Overrides",
     "apply_overrides",
     "flat_parameter_names",
     "load_config",
@@ -263,6 +264,14 @@ class ScratchModelConfig:
         False,
         "Layer norm before each sublayer (mBART's layout) instead of after it (BART's). A post-norm encoder trained "
         "from scratch at learning rate 1e-3 collapsed here: every position ended up the same vector (RESULTS.md).",
+    )
+    init_std: float = _opt(
+        0.02,
+        "Standard deviation of the initial weights. BART's 0.02 suits d_model 1024; for small models use about "
+        "1/sqrt(d_model) (0.0625 at 256): with 0.02 attention starts nearly uniform and a d_model-256 model had not "
+        "learned to copy its input after 300 steps, with 0.0625 it did in 150 (RESULTS.md).",
+        gt=0,
+        lt=1,
     )
 
 
@@ -1014,11 +1023,52 @@ def _set_path(config: dict[str, Any], path: str, value: Any) -> str | None:
     return None
 
 
-def apply_overrides(config: Mapping[str, Any] | None, overrides: list[str] | None) -> dict[str, Any]:
-    """Apply ``dotted.key=value`` overrides to a copy of ``config``.
+Overrides = Mapping[str, Any] | Sequence[str] | None
+"""Config overrides: ``--set`` style strings (``["training.learning_rate=3e-5"]``) or a mapping of dotted keys to
+values (``{"training.learning_rate": 3e-5}``)."""
 
-    Values are parsed as YAML (``3e-5``, ``true``, ``null``, ``[a, b]``); types are checked later by
-    validation. An empty value (``wandb.entity=``) means null.
+
+def _override_items(overrides: Overrides) -> tuple[list[tuple[str, str, Any]], list[str]]:
+    """``(key, shown, value)`` per override, and the problems found; string values are parsed as YAML."""
+    if overrides is None:
+        return [], []
+    if isinstance(overrides, (str, bytes)):
+        return [], [
+            f"{overrides!r}: overrides must be a list of dotted.key=value strings or a mapping of dotted keys to "
+            f"values, not one string; write [{overrides!r}]"
+        ]
+    if isinstance(overrides, Mapping):
+        pairs = [(str(key), f"{key}={value!r}", value, False) for key, value in overrides.items()]
+    else:
+        pairs = []
+        for override in overrides:
+            key, sep, text = str(override).partition("=")
+            pairs.append((key if sep else "", repr(override), text, True))
+    items: list[tuple[str, str, Any]] = []
+    problems: list[str] = []
+    for key, shown, value, from_text in pairs:
+        key = key.strip()
+        if not key or any(not part.strip() for part in key.split(".")):
+            problems.append(f"{shown}: malformed override; expected dotted.key=value, e.g. training.learning_rate=3e-5")
+            continue
+        key = ".".join(part.strip() for part in key.split("."))
+        if from_text:
+            try:
+                value = yaml.load(value, Loader=StrictYamlLoader)  # a SafeLoader subclass: no object construction
+            except yaml.YAMLError as exc:
+                reason = getattr(exc, "problem", None) or type(exc).__name__
+                problems.append(f"{key}: cannot parse the value of override {shown} as YAML ({reason}); quote it")
+                continue
+        items.append((key, shown, value))
+    return items, problems
+
+
+def apply_overrides(config: Mapping[str, Any] | None, overrides: Overrides) -> dict[str, Any]:
+    """Apply overrides to a copy of ``config``.
+
+    ``overrides`` is a list of ``dotted.key=value`` strings, whose values are parsed as YAML (``3e-5``, ``true``,
+    ``null``, ``[a, b]``; an empty value, ``wandb.entity=``, means null), or a mapping of dotted keys to values,
+    which are used as given. Types are checked later by validation.
 
     Returns:
         A new dict; ``config`` is not modified.
@@ -1027,31 +1077,17 @@ def apply_overrides(config: Mapping[str, Any] | None, overrides: list[str] | Non
         ConfigError: Listing every malformed override.
     """
     result: dict[str, Any] = copy.deepcopy(dict(config or {}))
-    problems: list[str] = []
-    for override in overrides or []:
-        key, sep, text = str(override).partition("=")
-        key = key.strip()
-        if not sep or not key or any(not part.strip() for part in key.split(".")):
-            problems.append(
-                f"{override!r}: malformed override; expected dotted.key=value, e.g. training.learning_rate=3e-5"
-            )
-            continue
-        key = ".".join(part.strip() for part in key.split("."))
-        try:
-            value = yaml.load(text, Loader=StrictYamlLoader)  # a SafeLoader subclass: no object construction
-        except yaml.YAMLError as exc:
-            reason = getattr(exc, "problem", None) or type(exc).__name__
-            problems.append(f"{key}: cannot parse the value of override {override!r} as YAML ({reason}); quote it")
-            continue
-        problem = _set_path(result, key, value)
+    items, problems = _override_items(overrides)
+    for key, shown, value in items:
+        problem = _set_path(result, key, copy.deepcopy(value))
         if problem:
-            problems.append(f"{problem} (override {override!r})")
+            problems.append(f"{problem} (override {shown})")
     if problems:
         raise ConfigError(problems, "overrides")
     return result
 
 
-def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None) -> dict[str, Any]:
+def load_config(path: str | os.PathLike[str], overrides: Overrides = None) -> dict[str, Any]:
     """Read a YAML config, apply overrides, validate, and return the full nested dict with defaults.
 
     An empty file is a valid config made entirely of defaults.
@@ -1166,8 +1202,8 @@ def merge_sweep_params(config: Mapping[str, Any] | None, params: Mapping[str, An
 class ConfigManager:
     """Loads, validates, saves and merges configs as plain nested dicts (the trainer API's entry point)."""
 
-    def load_config(self, path: str | os.PathLike[str], overrides: list[str] | None = None) -> dict[str, Any]:
-        """Read a YAML file, apply ``dotted.key=value`` overrides, validate; see :func:`load_config`."""
+    def load_config(self, path: str | os.PathLike[str], overrides: Overrides = None) -> dict[str, Any]:
+        """Read a YAML file, apply overrides (``--set`` strings or a mapping), validate; see :func:`load_config`."""
         return load_config(path, overrides)
 
     def validate(self, config: Mapping[str, Any]) -> dict[str, Any]:
@@ -1178,7 +1214,7 @@ class ConfigManager:
         """Write a config as YAML atomically; see :func:`save_config`."""
         return save_config(config, path)
 
-    def apply_overrides(self, config: Mapping[str, Any], overrides: list[str]) -> dict[str, Any]:
+    def apply_overrides(self, config: Mapping[str, Any], overrides: Overrides) -> dict[str, Any]:
         """Return a copy of ``config`` with overrides applied (not validated); see :func:`apply_overrides`."""
         return apply_overrides(config, overrides)
 

@@ -156,6 +156,7 @@ def build_scratch_model(tokenizer: Any, scratch: dict[str, Any], max_positions: 
         decoder_ffn_dim=scratch["ffn_dim"],
         max_position_embeddings=max(scratch["max_position_embeddings"], max_positions),
         dropout=scratch["dropout"],
+        init_std=scratch.get("init_std", 0.02),
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

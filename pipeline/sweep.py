@@ -868,15 +868,28 @@ def _bracket_problems(spec: HyperbandSpec, raw: Mapping[str, Any]) -> Iterator[s
 def _base_config_problems(
     parameters: Mapping[str, ParamSpec], key_paths: Mapping[str, str], base_config: Mapping[str, Any], method: str
 ) -> Iterator[str]:
-    """Merge representative values of each parameter into the base config; yield what validation rejects."""
+    """Merge representative values of each parameter into the base config; yield what validation rejects.
+
+    Constant parameters (``value:``) are in every trial, so they are checked together and the others against the
+    base config with them: ``eval_steps: {value: 200}`` and ``save_steps: {value: 200}`` are fine as a pair even where
+    either alone breaks the rule that save_steps is a multiple of eval_steps.
+    """
     base = ConfigManager().validate(base_config)
+    constants = {path: spec.value for path, spec in parameters.items() if spec.distribution == "constant"}
+    together = _config_rejects_all(base, constants) if constants else None
+    if constants and together is None:
+        base = merge_sweep_params(base, constants)
+    reported = False
     for path, spec in parameters.items():
+        if spec.distribution == "constant" and together is None:
+            continue
         rejected = False
         for suffix, value, note in _probe_values(spec, method):
             reason = _config_rejects(base, path, value)
             if reason:
                 rejected = True
                 key = f"{key_paths[path]}.{suffix}" if suffix else key_paths[path]
+                reported = True
                 yield f"{key}: {_show(value)}{note} is rejected by the pipeline config: {reason}"
         interior = _interior_probe(spec)
         if interior is not None and not rejected:
@@ -887,6 +900,9 @@ def _base_config_problems(
                     f" config rejects: {reason}; for an int setting use int_uniform (int min and max) or a q_"
                     " distribution with an int q"
                 )
+    if together is not None and not reported:
+        names = ", ".join(key_paths[path] for path in constants)
+        yield f"{names}: these value: parameters are rejected by the pipeline config together: {together}"
 
 
 def _probe_values(spec: ParamSpec, method: str) -> Iterator[tuple[str, Any, str]]:
@@ -934,8 +950,12 @@ def _interior_probe(spec: ParamSpec) -> float | None:
 
 
 def _config_rejects(base: Mapping[str, Any], path: str, value: Any) -> str | None:
+    return _config_rejects_all(base, {path: value})
+
+
+def _config_rejects_all(base: Mapping[str, Any], values: Mapping[str, Any]) -> str | None:
     try:
-        merge_sweep_params(base, {path: value})
+        merge_sweep_params(base, dict(values))
     except ConfigError as exc:
         return "; ".join(exc.problems)
     return None

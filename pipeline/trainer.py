@@ -350,6 +350,7 @@ class DialogueSummarizationTrainer:
         self._wandb_callback = WandbCallback(self)
         self._eval_references: list[list[str]] | None = None
         self._eval_inputs: list[str] | None = None
+        self._eval_dataset: Any = None
         # The predictions of the latest evaluation, in the split's order (run summaries show a few).
         self.last_eval_predictions: list[str] = []
         self._experiment_id: str | None = None
@@ -721,9 +722,39 @@ class DialogueSummarizationTrainer:
 
     # ---------------------------------------------------------------- evaluation
     def _set_eval_split(self, dataset: Any) -> None:
-        """Remember the reference texts and dialogues of the split being evaluated (None: no split)."""
+        """Remember the split being evaluated, its reference texts and dialogues (None: no split)."""
+        self._eval_dataset = dataset
         self._eval_references = dataset["references"] if dataset is not None else None
         self._eval_inputs = dataset["input"] if dataset is not None and "input" in dataset.column_names else None
+
+    def _input_loss_gain(self) -> float | None:
+        """How much worse the model predicts each reference when given another dialogue of its batch (nats/token).
+
+        Near 0 means the decoder ignores the encoder: the summaries cannot depend on the dialogue, whatever the
+        distinct share says. Two runs here wrote one sentence for every dialogue while this was 0.000 (RESULTS.md).
+        One extra pair of forward passes over the split, no generation. None when no batch has two dialogues.
+        """
+        if self._eval_dataset is None or self._trainer is None:
+            return None
+        model = self._trainer.model
+        was_training = model.training
+        model.eval()
+        right = wrong = 0.0
+        tokens = 0
+        try:
+            with torch.no_grad():
+                for batch in self._trainer.get_eval_dataloader(self._eval_dataset):
+                    batch = {key: value.to(model.device) for key, value in batch.items() if torch.is_tensor(value)}
+                    if batch["input_ids"].shape[0] < 2 or "labels" not in batch:
+                        continue
+                    count = int((batch["labels"] != -100).sum())
+                    right += float(model(**batch).loss) * count
+                    swapped = {key: batch[key].roll(1, 0) for key in ("input_ids", "attention_mask")}
+                    wrong += float(model(**{**batch, **swapped}).loss) * count
+                    tokens += count
+        finally:
+            model.train(was_training)
+        return (wrong - right) / tokens if tokens else None
 
     def _compute_metrics(self, eval_prediction: Any) -> dict[str, float]:
         """ROUGE of generated summaries against the original reference texts (not decoded labels,
@@ -749,6 +780,9 @@ class DialogueSummarizationTrainer:
         self.last_eval_predictions = predictions
         if reason is not None:
             self._record_collapse(reason, predictions)
+        gain = self._input_loss_gain()
+        if gain is not None:
+            diversity["input_loss_gain"] = gain
         # HF wants numbers: the flag is 1.0/0.0 and the reason is rebuilt from the numbers (collapse_reason).
         return {**scores, **diversity, "collapsed": float(reason is not None)}
 
@@ -777,7 +811,9 @@ class DialogueSummarizationTrainer:
             The metrics, all numbers. Beside ROUGE (under ``evaluation.multi_reference``): LEAD-3 on the
             same split and references (``eval_lead3_rouge1`` ... ``eval_lead3_rouge_combined_f1``) and the
             model's margins over it (``eval_rouge2_margin_over_lead3``, ...); ``eval_distinct_predictions``,
-            ``eval_top_prediction_share`` and ``eval_collapsed`` (1.0 when collapsed, see
+            ``eval_top_prediction_share``, ``eval_input_loss_gain`` (the loss increase when each dialogue is swapped
+            for another of its batch: about 0 for a model that ignores its input) and ``eval_collapsed`` (1.0 when
+            collapsed, see
             :func:`pipeline.metrics.collapse_reason`; a warning and a ``collapse`` history event say why);
             on a split where some example has several references, both rules as ``eval_rouge1_max``,
             ``eval_rouge1_mean``, ...
@@ -791,12 +827,12 @@ class DialogueSummarizationTrainer:
                 "evaluate() needs a split with summaries; this one has none (a test file?). "
                 "Use generate_predictions() for unlabeled data"
             )
-        previous = self._eval_references, self._eval_inputs
+        previous = self._eval_references, self._eval_inputs, self._eval_dataset
         self._set_eval_split(dataset)
         try:
             return self._trainer.evaluate(eval_dataset=dataset, metric_key_prefix=metric_key_prefix)
         finally:
-            self._eval_references, self._eval_inputs = previous
+            self._eval_references, self._eval_inputs, self._eval_dataset = previous
 
     # ---------------------------------------------------------------- prediction
     def generate_predictions(self, dataset: Any, max_samples: int | None = None) -> list[dict[str, str]]:

@@ -14,7 +14,8 @@ CLUSTER_EPILOG = """cluster:
   dialsum worker --gpus 0,1,2,3                   one worker per GPU on this node (CPU-only machine: --gpus none)
   dialsum flower                                  Flower dashboard on the same broker (basic auth)
   dialsum submit --config config/base_config.yaml --wait
-  dialsum status [RUN_ID]                         one run, or all runs
+  dialsum status [RUN_ID] [--root R]              one run, or all runs (and those only on disk under R)
+  dialsum recover --root R                        re-enqueue unfinished runs a restarted Redis forgot
   dialsum cancel RUN_ID                           stop a run at the next step; its last checkpoint is kept
   dialsum sweep --config F --sweep S --parallel 8 W&B-format sweep; sweep-status ID, report ID
   dialsum metrics --port 9808                     Prometheus metrics: queue depth, runs and trials by state
@@ -91,7 +92,24 @@ def add_run_commands(commands: argparse._SubParsersAction) -> None:
     status = commands.add_parser("status", help="show one run, or a table of all runs")
     status.add_argument("run_id", nargs="?", help="a run id (run-...); all runs when omitted")
     status.add_argument("--broker", help="broker URL")
+    status.add_argument(
+        "--root",
+        help="also list the runs on disk under this artifact root that the broker does not know (after a Redis "
+        "restart without persistence), with the command that resubmits them",
+    )
     status.set_defaults(handler=cmd_status)
+
+    recover = commands.add_parser(
+        "recover",
+        help="re-enqueue the unfinished runs under an artifact root that the broker forgot",
+        description="After a Redis restart that lost its data: every run under ARTIFACT_ROOT/runs whose manifest is "
+        "not completed and which the broker does not know is enqueued again with its own config (same run id); "
+        "finished stages are skipped and training resumes from the latest checkpoint. A run whose worker still "
+        "holds its lease keeps running there (its record is written again). Safe to run twice.",
+    )
+    recover.add_argument("--root", required=True, help="the shared artifact root (general.artifact_root)")
+    recover.add_argument("--broker", help="broker URL (default: DIALSUM_BROKER_URL)")
+    recover.set_defaults(handler=cmd_recover)
 
     cancel = commands.add_parser("cancel", help="stop a run at the next training step; its checkpoint is kept")
     cancel.add_argument("run_id")
@@ -102,6 +120,7 @@ def add_run_commands(commands: argparse._SubParsersAction) -> None:
 def cmd_submit(args: argparse.Namespace) -> int:
     """``dialsum submit``."""
     handle = _client(args.broker).submit(args.config, overrides=args.overrides, experiment_name=args.experiment_name)
+    _warn_if_redis_forgets()
     print(handle.id)
     return _follow(handle) if args.wait else 0
 
@@ -118,9 +137,47 @@ def cmd_status(args: argparse.Namespace) -> int:
     for record in client.list_runs():
         progress = record.get("progress") or {}
         step = f"{progress.get('step', '')}/{progress.get('total', '')}" if progress else ""
-        stage = record.get("stage", "")
-        print(f"{record['run_id']:<18}{record['status']:<11}{stage:<22}{step:>10}  {record.get('experiment', '')}")
+        stage, status = record.get("stage", ""), record.get("status") or "?"
+        print(f"{record['run_id']:<18}{status:<11}{stage:<22}{step:>10}  {record.get('experiment', '')}")
+    if args.root:
+        from tasks.recover import describe_unknown, runs_on_disk
+
+        unknown = [row for row in runs_on_disk(args.root) if row["broker"] is None and row["status"] != "completed"]
+        if unknown:
+            print(f"\n{len(unknown)} unfinished run(s) under {args.root} unknown to the broker:")
+            for row in unknown:
+                print("  " + describe_unknown(row, args.root))
     return 0
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    """``dialsum recover --root ARTIFACT_ROOT``."""
+    from pathlib import Path
+
+    from tasks.recover import recover
+
+    if not (Path(args.root) / "runs").is_dir():
+        print(
+            f"error: {args.root} has no runs/ directory; pass the artifact root (general.artifact_root)",
+            file=sys.stderr,
+        )
+        return 2
+    _client(args.broker)
+    actions = recover(args.root)
+    for action in actions:
+        print(f"{action['run_id']:<18}{action['action']:<12}{action['detail']}")
+    resubmitted = sum(action["action"] == "resubmitted" for action in actions)
+    print(f"{resubmitted} run(s) resubmitted, {len(actions) - resubmitted} left as they were")
+    return 0
+
+
+def _warn_if_redis_forgets() -> None:
+    """One loud line when the broker's Redis would lose every queued run on a restart."""
+    from tasks.recover import persistence_warning
+
+    warning = persistence_warning()
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -137,7 +194,8 @@ def add_worker_command(commands: argparse._SubParsersAction) -> None:
         help="start one Celery worker per GPU (and a CPU worker) on this node, in the foreground",
         description="Start one `celery -A tasks.app worker` process per GPU (CUDA_VISIBLE_DEVICES=k, node gpu<k>@host, "
         "concurrency 1, queue gpu) plus a CPU worker (cpu0@host, queue cpu); on a CPU-only node (--gpus none) CPU "
-        "workers consume both queues. CPU threads are split between the workers. SIGTERM/SIGINT stop them all: "
+        "workers consume both queues. CPU threads are split between all dialsum workers of this host, and node names "
+        "never repeat on it. SIGTERM/SIGINT stop them all: "
         "each running task gets the soft-shutdown window, then goes back on the queue.",
     )
     worker.add_argument("--gpus", required=True, help="GPU indices as nvidia-smi numbers them (0,1,2,3), all, or none")
@@ -196,7 +254,13 @@ def add_sweep_commands(commands: argparse._SubParsersAction) -> None:
     )
     library_cli._add_config_arguments(sweep)
     sweep.add_argument("--sweep", required=True, help="W&B sweep YAML (method, metric, parameters, early_terminate)")
-    sweep.add_argument("--parallel", type=int, default=1, help="trials running at once (default 1)")
+    sweep.add_argument(
+        "--parallel",
+        type=int,
+        default=None,
+        help="trials running at once (default: one per worker consuming the training queue, counted again each "
+        "time a trial ends)",
+    )
     sweep.add_argument("--wait", action="store_true", help="follow the sweep until it ends and print the leaderboard")
     sweep.add_argument("--broker", help="broker URL (default: DIALSUM_BROKER_URL)")
     sweep.set_defaults(handler=cmd_sweep)
@@ -219,6 +283,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     client = _client(args.broker)
     handle = client.submit_sweep(args.config, args.sweep, parallel=args.parallel, overrides=args.overrides)
+    _warn_if_redis_forgets()
     from pipeline.config import ConfigManager
 
     print(describe(load_sweep_config(args.sweep, ConfigManager().load_config(args.config, overrides=args.overrides))))

@@ -11,26 +11,64 @@ submitting directory, because workers run elsewhere (they must see the same arti
 
 from __future__ import annotations
 
+import contextlib
+import json
+import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-from celery import chain
-
-from pipeline.config import ConfigManager, apply_overrides
-from pipeline.lifecycle import STAGES, new_manifest
+from pipeline.config import ConfigManager, Overrides, apply_overrides
+from pipeline.lifecycle import STAGES
 from tasks.app import app
 from tasks.broker import celery_settings
+from tasks.enqueue import enqueue_run
+from tasks.progress import WaitProgress
 from tasks.state import (
     ACTIVE_STATUSES,
     FINAL_STATUSES,
-    clear_cancel,
     list_run_ids,
     read_run,
+    redis_client,
     request_cancel,
     write_run,
 )
+from tasks.sweeps import (
+    LOCK_KEY,
+    SWEEP_KEY,
+    advance_sweep,
+    create_sweep,
+    finish_sweep,
+    list_sweep_ids,
+    read_sweep,
+    read_trials,
+    sweep_summary,
+)
+
+
+class RunUnknownToBroker(KeyError):
+    """The broker has no record of the run: a wrong id, or a Redis that restarted without persistence.
+
+    ``on_disk`` is the run's manifest on the artifact root when the handle knows where the run lives (it submitted
+    it, or saw its record before), else None.
+    """
+
+    def __init__(self, run_id: str, on_disk: dict[str, Any] | None):
+        self.run_id = run_id
+        self.on_disk = on_disk
+        if on_disk is None:
+            message = f"no run {run_id!r} on this broker; list runs with PipelineClient().list_runs()"
+        else:
+            root = Path(on_disk["config"]["general"]["artifact_root"])
+            message = (
+                f"the broker does not know run {run_id!r} (did its Redis restart without persistence?), but it is "
+                f"on disk at {on_disk['run_dir']} ({on_disk.get('status', '?')}); dialsum recover --root {root} "
+                f"resubmits it, resuming from its checkpoints"
+            )
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class RunFailed(RuntimeError):
@@ -45,26 +83,40 @@ class RunFailed(RuntimeError):
 class RunHandle:
     """A submitted run: its id, status, final manifest, and cancel."""
 
-    def __init__(self, client: PipelineClient, run_id: str):
+    def __init__(self, client: PipelineClient, run_id: str, run_dir: str | None = None):
         self._client = client
         self.id = run_id
+        self.run_dir = run_dir
+        self._warned_forgotten = False
 
     def __repr__(self) -> str:
         return f"RunHandle({self.id!r})"
 
     def _record(self) -> dict[str, Any]:
         record = read_run(self.id)
-        if record is None:
-            raise KeyError(f"no run {self.id!r} on this broker; list runs with PipelineClient().list_runs()")
+        # A record without status is what a worker's progress write leaves after Redis restarted empty.
+        if record is None or not record.get("status"):
+            raise RunUnknownToBroker(self.id, self._on_disk())
+        self.run_dir = record.get("run_dir") or self.run_dir
         return record
+
+    def _on_disk(self) -> dict[str, Any] | None:
+        """The run's manifest on the artifact root, when this handle knows its directory and it is there."""
+        if not self.run_dir:
+            return None
+        try:
+            return json.loads((Path(self.run_dir) / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
 
     def status(self) -> dict[str, Any]:
         """The run's record: ``status`` (queued | running | completed | failed | cancelled), ``stage``,
         ``progress`` (step, total, loss, latest eval metrics), ``error``, and each stage task's state."""
         record = self._record()
-        record["stage_states"] = {
-            stage: app.AsyncResult(task_id).state for stage, task_id in zip(STAGES, record["task_ids"], strict=True)
-        }
+        # A run put back by `dialsum recover` while its worker still held the lease has no task ids of its own.
+        task_ids = record.get("task_ids") or []
+        states = [app.AsyncResult(task_id).state for task_id in task_ids]
+        record["stage_states"] = dict(zip(STAGES, states, strict=False))
         return record
 
     def wait(self, timeout: float | None = None, progress: bool = True, poll_seconds: float = 0.5) -> dict[str, Any]:
@@ -79,30 +131,51 @@ class RunHandle:
             RunFailed: The run failed or was cancelled.
             TimeoutError: ``timeout`` passed first.
         """
-        from tqdm.auto import tqdm
-
         deadline = None if timeout is None else time.monotonic() + timeout
-        bar = tqdm(desc=f"run {self.id}", unit="step", disable=not progress)
-        try:
+        # A bar on a terminal; off one (a log, CI, the journal) a line per stage change and at most one per 30 s.
+        with WaitProgress(f"run {self.id}", "step", enabled=progress) as shown:
             while True:
-                record = self._record()
+                try:
+                    record = self._record()
+                except RunUnknownToBroker as unknown:
+                    if unknown.on_disk is None:
+                        raise
+                    if unknown.on_disk.get("status") == "completed":
+                        return unknown.on_disk
+                    if not self._warned_forgotten:  # keep waiting: the worker may still run it, recover may resubmit
+                        print(f"warning: {unknown}; waiting for it", file=sys.stderr, flush=True)
+                        self._warned_forgotten = True
+                    self._check_deadline(deadline, timeout, "unknown to the broker")
+                    time.sleep(poll_seconds)
+                    continue
                 step_progress = record.get("progress") or {}
-                if step_progress.get("total"):
-                    bar.total = step_progress["total"]
-                    bar.n = step_progress.get("step", 0)
-                    bar.set_postfix_str(f"{record.get('stage', '')} loss={step_progress.get('loss', '-')}")
-                    bar.refresh()
+                shown.update(
+                    step_progress.get("step", 0) if step_progress.get("total") else 0,
+                    step_progress.get("total"),
+                    record.get("stage") or record["status"],
+                    f"loss={step_progress['loss']}" if step_progress.get("loss") is not None else "",
+                )
                 if record["status"] == "completed":
-                    return app.AsyncResult(record["task_ids"][-1]).get(timeout=30)
+                    return self._final_manifest(record)
                 if record["status"] in ("failed", "cancelled", "pruned"):
                     raise RunFailed(self.id, record["status"], record.get("error", ""))
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"run {self.id} still {record['status']} ({record.get('stage')}) after {timeout}s"
-                    )
+                self._check_deadline(deadline, timeout, f"{record['status']} ({record.get('stage')})")
                 time.sleep(poll_seconds)
-        finally:
-            bar.close()
+
+    def _check_deadline(self, deadline: float | None, timeout: float | None, state: str) -> None:
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"run {self.id} still {state} after {timeout}s")
+
+    def _final_manifest(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The last stage's result, or the manifest on disk when the broker lost it (or never had the task ids)."""
+        task_ids = record.get("task_ids") or []
+        if task_ids:
+            with contextlib.suppress(Exception):  # a result forgotten by a restarted Redis: the disk has it too
+                return app.AsyncResult(task_ids[-1]).get(timeout=30)
+        on_disk = self._on_disk()
+        if on_disk is None:
+            raise RunFailed(self.id, "completed", "its final manifest is neither on the broker nor on disk")
+        return on_disk
 
     def cancel(self) -> None:
         """Stop the run: a queued stage never starts, a running train stops at the next step boundary
@@ -111,7 +184,7 @@ class RunHandle:
         if record["status"] in FINAL_STATUSES:
             return
         request_cancel(self.id)
-        for task_id in record["task_ids"]:
+        for task_id in record.get("task_ids") or []:
             if app.AsyncResult(task_id).state == "PENDING":
                 app.control.revoke(task_id)
         if record["status"] == "queued":
@@ -133,7 +206,7 @@ class PipelineClient:
     def submit(
         self,
         config_or_path: str | Path | dict[str, Any],
-        overrides: list[str] | None = None,
+        overrides: Overrides = None,
         experiment_name: str | None = None,
         sweep: dict[str, Any] | None = None,
         on_submit=None,
@@ -145,7 +218,8 @@ class PipelineClient:
 
         Args:
             config_or_path: A config YAML path or a config dict.
-            overrides: ``["training.learning_rate=3e-5", ...]``.
+            overrides: ``["training.learning_rate=3e-5", ...]`` (``--set`` style) or
+                ``{"training.learning_rate": 3e-5, ...}``.
             experiment_name: The experiment (default: ``experiment.name``).
             sweep: ``{"sweep_id", "trial_id", "params"}`` when the run is a sweep trial (W&B grouping).
             on_submit: Called with the run id before anything is enqueued (sweeps link trials to runs).
@@ -160,35 +234,9 @@ class PipelineClient:
         if isinstance(config_or_path, (str, Path)):
             config = manager.load_config(config_or_path, overrides=overrides)
         else:
-            config = manager.validate(apply_overrides(config_or_path, overrides or []))
-        manifest = new_manifest(config, experiment_name)
-        if sweep:
-            manifest["sweep"] = sweep
-        run_id = manifest["run_id"]
-        if on_submit is not None:
-            on_submit(run_id)
-        existing = read_run(run_id)
-        if existing is not None and existing["status"] in ACTIVE_STATUSES:
-            return RunHandle(self, run_id)
-
-        task_ids = [str(uuid.uuid4()) for _ in STAGES]
-        clear_cancel(run_id)
-        write_run(
-            run_id,
-            status="queued",
-            stage="",
-            task_ids=task_ids,
-            run_dir=manifest["run_dir"],
-            experiment=manifest["experiment"],
-            submitted_at=time.time(),
-            error="",
-            progress={},
-        )
-        first, *rest = [
-            app.signature(f"dialsum.{stage}", task_id=task_id) for stage, task_id in zip(STAGES, task_ids, strict=True)
-        ]
-        chain(first.clone(args=(manifest,)), *rest).apply_async()
-        return RunHandle(self, run_id)
+            config = manager.validate(apply_overrides(config_or_path, overrides))
+        manifest = enqueue_run(config, experiment_name, sweep, on_submit)
+        return RunHandle(self, manifest["run_id"], manifest["run_dir"])
 
     def get(self, run_id: str) -> RunHandle:
         """The handle of a submitted run (KeyError naming the id when the broker has no such run)."""
@@ -200,8 +248,8 @@ class PipelineClient:
         self,
         base_config: str | Path | dict[str, Any],
         sweep_config: str | Path | dict[str, Any],
-        parallel: int = 1,
-        overrides: list[str] | None = None,
+        parallel: int | None = None,
+        overrides: Overrides = None,
     ) -> SweepHandle:
         """Validate a W&B-format sweep against the base config, store it, and submit its first trials.
 
@@ -210,8 +258,9 @@ class PipelineClient:
         Args:
             base_config: The pipeline config (path or dict) every trial starts from.
             sweep_config: The W&B sweep config (path or dict): method, metric, parameters, early_terminate, run_cap.
-            parallel: How many trials run at once.
-            overrides: ``--set`` style overrides of the base config.
+            parallel: How many trials run at once; None (the default): one per worker consuming the training queue,
+                counted again each time a trial ends (a user with eight GPU workers gets eight trials at once).
+            overrides: Overrides of the base config: ``--set`` style strings or a mapping of dotted keys to values.
 
         Raises:
             SweepConfigError, ConfigError: Invalid sweep or base config; nothing was enqueued.
@@ -250,7 +299,6 @@ class SweepHandle:
 
     def status(self) -> dict[str, Any]:
         """``status`` (running | finished | cancelled), trial counts by status, ``best_trial``."""
-        from tasks.sweeps import read_sweep, read_trials
 
         state = read_sweep(self.id)
         counts: dict[str, int] = {}
@@ -260,14 +308,12 @@ class SweepHandle:
 
     def trials(self) -> list[dict[str, Any]]:
         """Every trial: params, status, metric, curve, run id, worker."""
-        from tasks.sweeps import read_trials
 
         return read_trials(self.id)
 
     def leaderboard(self) -> list[dict[str, Any]]:
         """Trials ranked by the sweep metric, best first (see ``pipeline.report.leaderboard``)."""
         from pipeline.report import leaderboard
-        from tasks.sweeps import read_sweep, read_trials, sweep_summary
 
         return leaderboard(sweep_summary(read_sweep(self.id)), read_trials(self.id))
 
@@ -281,14 +327,14 @@ class SweepHandle:
         self, timeout: float | None = None, progress: bool = True, poll_seconds: float = 1.0
     ) -> list[dict[str, Any]]:
         """Block until the sweep ends; returns the leaderboard. TimeoutError after ``timeout`` seconds."""
-        from tqdm.auto import tqdm
-
         deadline = None if timeout is None else time.monotonic() + timeout
-        with tqdm(desc=f"sweep {self.id}", unit="trial", disable=not progress) as bar:
+        with WaitProgress(f"sweep {self.id}", "trial", enabled=progress) as shown:
             while True:
                 status = self.status()
-                bar.n = sum(count for state, count in status["trials"].items() if state not in ("queued", "running"))
-                bar.set_postfix(status["trials"])
+                ended = sum(count for state, count in status["trials"].items() if state not in ("queued", "running"))
+                shown.update(
+                    ended, None, " ".join(f"{state}={count}" for state, count in sorted(status["trials"].items()))
+                )
                 if status["status"] != "running":
                     return self.leaderboard()
                 if deadline is not None and time.monotonic() > deadline:
@@ -297,8 +343,6 @@ class SweepHandle:
 
     def cancel(self) -> None:
         """Stop the sweep: no new trials; running trials are cancelled (their checkpoints kept)."""
-        from tasks.state import redis_client
-        from tasks.sweeps import LOCK_KEY, SWEEP_KEY, finish_sweep, read_trials
 
         with redis_client().lock(LOCK_KEY.format(self.id), timeout=120, blocking_timeout=120):
             redis_client().hset(SWEEP_KEY.format(self.id), "status", "cancelling")
@@ -308,17 +352,16 @@ class SweepHandle:
         finish_sweep(self.id, "cancelled")
 
 
-def _submit_sweep(client: PipelineClient, base_config, sweep_config, parallel: int, overrides) -> SweepHandle:
+def _submit_sweep(client: PipelineClient, base_config, sweep_config, parallel: int | None, overrides) -> SweepHandle:
     from pipeline.sweep import load_sweep_config, parse_sweep_config
-    from tasks.sweeps import advance_sweep, create_sweep
 
-    if not isinstance(parallel, int) or parallel < 1:
-        raise ValueError(f"parallel must be an integer >= 1, got {parallel!r}")
+    if parallel is not None and (not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1):
+        raise ValueError(f"parallel must be an integer >= 1 or None (one trial per training worker), got {parallel!r}")
     manager = ConfigManager()
     if isinstance(base_config, (str, Path)):
         base = manager.load_config(base_config, overrides=overrides)
     else:
-        base = manager.validate(apply_overrides(base_config, overrides or []))
+        base = manager.validate(apply_overrides(base_config, overrides))
     if isinstance(sweep_config, (str, Path)):
         spec = load_sweep_config(sweep_config, base)
     else:
@@ -326,11 +369,10 @@ def _submit_sweep(client: PipelineClient, base_config, sweep_config, parallel: i
     from pipeline.lifecycle import absolute_paths
 
     sweep_id = create_sweep(spec.to_dict(), absolute_paths(base), parallel)
-    advance_sweep(sweep_id)  # the first `parallel` trials; every trial that ends enqueues the next
+    advance_sweep(sweep_id)  # the first trials, one per slot; every trial that ends enqueues the next
     return SweepHandle(client, sweep_id)
 
 
 def _list_sweeps() -> list[dict[str, Any]]:
-    from tasks.sweeps import list_sweep_ids
 
     return [SweepHandle(None, sweep_id).status() for sweep_id in list_sweep_ids()]

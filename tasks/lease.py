@@ -30,6 +30,7 @@ TTL plus a reaper tick), and the stage ends without touching the run's record.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -310,7 +311,7 @@ def reap_orphans(client: redis.Redis, republish) -> list[str]:
     return reaped
 
 
-def _run_id_of(payload: dict[str, Any]) -> str | None:
+def run_id_of(payload: dict[str, Any]) -> str | None:
     """The run id in a stage message's manifest (kombu payload, body ``[args, kwargs, embed]``), if any."""
     try:
         body = payload["body"]
@@ -320,6 +321,22 @@ def _run_id_of(payload: dict[str, Any]) -> str | None:
         return args[0].get("run_id") if args and isinstance(args[0], dict) else None
     except (KeyError, IndexError, TypeError, ValueError):
         return None
+
+
+def runs_in_flight(client: redis.Redis, queues: list[str]) -> set[str]:
+    """Runs something is doing or about to do: a lease, a stage record, or a message waiting in ``queues`` or
+    fetched and not yet acknowledged."""
+    runs = {key.split(":", 2)[2] for key in client.scan_iter(LEASE_KEY.format("*"))}
+    runs |= set(client.smembers(ACTIVE_INDEX))
+    raws = [raw for queue in queues for raw in client.lrange(queue, 0, -1)]
+    raws += [json.dumps([json.loads(raw)[0]]) for raw in client.hvals(UNACKED_KEY)]
+    for raw in raws:
+        with contextlib.suppress(ValueError, TypeError, IndexError, KeyError):
+            value = json.loads(raw)
+            run_id = run_id_of(value[0] if isinstance(value, list) else value)
+            if run_id:
+                runs.add(run_id)
+    return runs
 
 
 def restore_abandoned(client: redis.Redis, restore, older_than: float) -> list[str]:
@@ -345,7 +362,7 @@ def restore_abandoned(client: redis.Redis, restore, older_than: float) -> list[s
         raw = client.hget(UNACKED_KEY, tag)
         if raw is None:
             continue
-        run_id = _run_id_of(json.loads(raw)[0])
+        run_id = run_id_of(json.loads(raw)[0])
         if run_id and (client.exists(LEASE_KEY.format(run_id)) or client.sismember(ACTIVE_INDEX, run_id)):
             continue  # running, or the reaper re-publishes it from its stage record
         restore(tag)

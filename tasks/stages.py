@@ -56,6 +56,39 @@ def _preload_libraries(**_: Any) -> None:
 
 
 @signals.worker_ready.connect
+def _register_on_host(sender: Any = None, **_: Any) -> None:
+    # A worker started with plain `celery -A tasks.app worker` records itself in the host registry, so the thread
+    # share of every dialsum worker on this machine counts it (`dialsum worker` registered its workers already).
+    from tasks import host
+    from tasks.worker import LAUNCHED_ENV
+
+    if not os.environ.get(LAUNCHED_ENV):
+        host.register(os.getpid(), [getattr(sender, "hostname", "") or "celery"])
+
+
+@signals.worker_shutdown.connect
+def _unregister_on_host(**_: Any) -> None:
+    from tasks import host
+    from tasks.worker import LAUNCHED_ENV
+
+    if not os.environ.get(LAUNCHED_ENV):
+        host.unregister(os.getpid())
+
+
+@signals.worker_ready.connect
+def _warn_if_redis_forgets(**_: Any) -> None:
+    # A Redis without AOF or RDB loses every queued run on a restart: say so where operators look, at startup.
+    from tasks.recover import persistence_warning
+
+    try:
+        warning = persistence_warning()
+    except Exception as error:  # a warning must never keep a worker from starting
+        warning = f"could not check whether the broker's Redis persists its data: {error}"
+    if warning:
+        logger.warning("%s", warning)
+
+
+@signals.worker_ready.connect
 def _start_lease_reaper(**_: Any) -> None:
     # In the worker's parent process: it outlives the pool children, so a run whose whole worker died elsewhere is
     # re-enqueued by whichever worker is still alive (tasks/lease.py).
@@ -79,9 +112,10 @@ def restore_message(delivery_tag: str) -> None:
         connection.default_channel.qos.restore_by_tag(delivery_tag)
 
 
-@signals.worker_process_init.connect
+@signals.task_prerun.connect
 def _configure_child(**_: Any) -> None:
-    # Runs in each fresh pool child (never in the worker's parent, which must not touch CUDA).
+    # Runs in the pool child, as each task starts (never in the worker's parent, which must not touch CUDA): the
+    # host's thread share is decided now, counting the workers started on this host since the child was forked.
     from tasks.worker import configure_worker_process
 
     configure_worker_process()

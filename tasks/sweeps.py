@@ -21,8 +21,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import merge_sweep_params
+from pipeline.config import ConfigManager, merge_sweep_params
 from tasks.app import app
+from tasks.enqueue import enqueue_run
 from tasks.state import PRUNE_KEY, redis_client
 
 logger = logging.getLogger(__name__)
@@ -37,8 +38,8 @@ _TTL = 30 * 24 * 3600
 
 
 # ---------------------------------------------------------------- stored state
-def create_sweep(spec_dict: dict[str, Any], base_config: dict[str, Any], parallel: int) -> str:
-    """Store a new sweep and return its id."""
+def create_sweep(spec_dict: dict[str, Any], base_config: dict[str, Any], parallel: int | None) -> str:
+    """Store a new sweep and return its id (``parallel`` None: one trial per training worker, see advance_sweep)."""
     sweep_id = "sweep-" + uuid.uuid4().hex[:10]
     client = redis_client()
     client.hset(
@@ -46,7 +47,7 @@ def create_sweep(spec_dict: dict[str, Any], base_config: dict[str, Any], paralle
         mapping={
             "spec": json.dumps(spec_dict),
             "base_config": json.dumps(base_config),
-            "parallel": str(parallel),
+            "parallel": str(parallel or 0),  # 0: as many as there are training workers
             "status": "running",
             "next_index": "0",
             "created_at": str(time.time()),
@@ -107,8 +108,6 @@ def _history(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _submit_trial(state: dict[str, Any], index: int, params: dict[str, Any]) -> dict[str, Any]:
-    from tasks.client import PipelineClient
-
     sweep_id = state["sweep_id"]
     trial_id = f"{sweep_id}-t{index}"
     config = merge_sweep_params(state["base_config"], params)
@@ -128,10 +127,12 @@ def _submit_trial(state: dict[str, Any], index: int, params: dict[str, Any]) -> 
     update_trial(sweep_id, trial_id, **trial)
     # A trial whose config equals an earlier trial's is the same run (same run id): it is linked to
     # that run and gets its result, finished or not, instead of training it again.
-    handle = PipelineClient().submit(
-        config, sweep=sweep_info, on_submit=lambda run_id: link_trial(run_id, sweep_id, trial_id)
+    manifest = enqueue_run(
+        ConfigManager().validate(config),
+        sweep=sweep_info,
+        on_submit=lambda run_id: link_trial(run_id, sweep_id, trial_id),
     )
-    return update_trial(sweep_id, trial_id, run_id=handle.id)
+    return update_trial(sweep_id, trial_id, run_id=manifest["run_id"])
 
 
 def link_trial(run_id: str, sweep_id: str, trial_id: str) -> None:
@@ -146,8 +147,28 @@ def trials_of_run(run_id: str) -> list[tuple[str, str]]:
     return [tuple(json.loads(member)) for member in redis_client().smembers(RUN_TRIALS_KEY.format(run_id))]
 
 
+def training_worker_count(timeout: float = 1.0) -> int:
+    """Workers consuming the training stage's queue right now (``celery inspect active_queues``); at least 1.
+
+    At least 1 so that a sweep started before its workers still queues a trial for the first one to come up.
+    """
+    from tasks.app import STAGE_QUEUES
+
+    queue = STAGE_QUEUES["dialsum.train"]
+    replies = app.control.inspect(timeout=timeout).active_queues() or {}
+    return max(1, sum(any(item.get("name") == queue for item in queues or []) for queues in replies.values()))
+
+
+def trial_slots(state: dict[str, Any]) -> int:
+    """How many trials may be active: the sweep's ``parallel``, or (0, the default) one per training worker."""
+    return state["parallel"] or training_worker_count()
+
+
 def advance_sweep(sweep_id: str) -> list[str]:
-    """Submit trials until ``parallel`` are active or the search is exhausted; finish the sweep when done.
+    """Submit trials until all slots are active or the search is exhausted; finish the sweep when done.
+
+    The slots are the sweep's ``parallel``, or by default the number of workers consuming the training queue, read
+    again at every advance: workers that join or leave change how many trials the next advance keeps running.
 
     Safe to call from any number of processes at once (a Redis lock serializes them) and any
     number of times (it only ever fills free slots).
@@ -168,7 +189,8 @@ def advance_sweep(sweep_id: str) -> list[str]:
         active = sum(trial["status"] in ACTIVE_TRIAL_STATUSES for trial in trials)
         index = state["next_index"]
         params = suggest(spec, index, _history(trials))
-        while active < state["parallel"] and params is not None:
+        slots = trial_slots(state) if params is not None else 0
+        while active < slots and params is not None:
             trial = _submit_trial(state, index, params)
             trials.append(trial)
             submitted.append(trial["trial_id"])

@@ -20,6 +20,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _own_host_registry(tmp_path_factory, monkeypatch):
+    """Each test's workers register in a host registry of their own (tasks/host.py).
+
+    Workers of a test running in parallel, or of a session fixture still alive, would otherwise hold ``cpu0@<host>``
+    and the next test's worker would be named ``cpu1``, as a second worker on a real host must be.
+    """
+    monkeypatch.setenv("DIALSUM_HOST_REGISTRY", str(tmp_path_factory.mktemp("host-registry")))
+
+
 def wait_until(predicate, timeout: float, what: str, context=lambda: "", interval: float = 0.2):
     """The first truthy value of ``predicate()``, polled every ``interval`` s; fails naming ``what`` after ``timeout``.
 
@@ -180,6 +190,8 @@ def cluster(tmp_path_factory, sample_dir):
         "DIALSUM_BROKER_URL": redis.url,
         "FLOWER_BASIC_AUTH": "admin:s3cret",
         "DIALSUM_SOFT_SHUTDOWN_TIMEOUT": "2",
+        # Session-scoped, so set up before the per-test registry: its workers get one of their own.
+        "DIALSUM_HOST_REGISTRY": str(directory / "host-registry"),
     }
     log = open(directory / "workers.log", "w")
     workers = subprocess.Popen(

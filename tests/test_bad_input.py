@@ -330,7 +330,7 @@ SWEEP_CASES = {
     "parallel 0": (
         {"method": "random", "metric": METRIC, "parameters": LR},
         ["--parallel", "0"],
-        r"parallel must be an integer >= 1, got 0",
+        r"parallel must be an integer >= 1 or None \(one trial per training worker\), got 0",
     ),
     "invalid base config": (
         {"method": "random", "metric": METRIC, "parameters": LR},

@@ -27,6 +27,7 @@ COMMANDS = {
     "train_throughput": ([sys.executable, "bench/train_throughput.py"], "| ours / plain |"),
     "orchestration": ([sys.executable, "bench/orchestration.py"], "| stage ends -> next stage starts |"),
     "sweep_scaling": ([sys.executable, "bench/sweep_scaling.py"], "| makespan / ideal |"),
+    "shared_host": ([sys.executable, "bench/shared_host.py"], "| two launchers started separately |"),
     "gpu": (["bash", "bench/gpu.sh"], "| generation summaries/s |"),
 }
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, celery_command
+from tests.conftest import REPO, celery_command, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -45,16 +45,34 @@ def test_run_through_broker_passes_all_stages_on_their_queues(cluster):
     assert json.loads((run / "manifest.json").read_text())["stages"].keys() == expected_queues.keys()
     assert handle.status()["stage_states"] == dict.fromkeys(expected_queues, "SUCCESS")
 
-    # Resubmitting the same config finds every stage done and trains nothing again.
-    again = cluster["client"].submit(_config(cluster)).wait(timeout=120, progress=False)
+    # Resubmitting the same config finds every stage done and trains nothing again; overrides given as a mapping, as
+    # a Python user writes them, resolve to the same config (and so the same run).
+    seed = manifest["config"]["general"]["seed"]
+    resubmitted = cluster["client"].submit(_config(cluster, seed=seed + 1), overrides={"general.seed": seed})
+    assert resubmitted.id == handle.id
+    again = resubmitted.wait(timeout=120, progress=False)
     assert again["stages"]["train"]["finished_at"] == manifest["stages"]["train"]["finished_at"]
 
-    # Flower lists the run's four stage tasks with their states, with the credentials and only with them.
-    tasks = _flower_json(cluster, "/api/tasks")
-    states = {tasks[task_id]["name"]: tasks[task_id]["state"] for task_id in handle.status()["task_ids"]}
-    assert states == {f"dialsum.{stage}": "SUCCESS" for stage in expected_queues}
-    workers = _flower_json(cluster, "/api/workers?refresh=true")
-    assert {name.split("@")[0] for name in workers} >= {"cpu0", "cpu1"}
+    # Flower lists the run's four stage tasks with their states, with the credentials and only with them. Its view
+    # comes from task events, which may arrive after the client read the result: wait for it, do not read it once.
+    task_ids = handle.status()["task_ids"]
+    expected_states = {f"dialsum.{stage}": "SUCCESS" for stage in expected_queues}
+
+    def flower_states() -> dict[str, str]:
+        tasks = _flower_json(cluster, "/api/tasks")
+        return {tasks[task_id]["name"]: tasks[task_id]["state"] for task_id in task_ids if task_id in tasks}
+
+    wait_until(
+        lambda: flower_states() == expected_states,
+        60,
+        "all four stages SUCCESS in Flower",
+        lambda: str(flower_states()),
+    )
+    wait_until(
+        lambda: {name.split("@")[0] for name in _flower_json(cluster, "/api/workers?refresh=true")} >= {"cpu0", "cpu1"},
+        60,
+        "Flower listing both workers",
+    )
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(cluster["flower"] + "/api/workers", timeout=10)
     assert refused.value.code == 401
@@ -150,6 +168,12 @@ def test_cli_submit_wait_and_status(cluster):
     assert result.returncode == 0, result.stderr[-2000:]
     run_id = result.stdout.splitlines()[0]
     assert "ROUGE-1" in result.stdout and "queue=gpu" in result.stdout
+    # stderr is a pipe, not a terminal: plain progress lines, no bar redrawn with carriage returns.
+    progress = [line for line in result.stderr.splitlines() if line.startswith(f"run {run_id}: ")]
+    assert "\r" not in result.stderr and any(line.startswith(f"run {run_id}: train ") for line in progress), (
+        result.stderr
+    )
+    assert len(progress) <= 4 + 10 + 10, progress  # stage changes, tenths of the steps, and one per 30 s at most
     status = subprocess.run(
         [sys.executable, "-m", "tasks.cli", "status"],
         cwd=REPO,

@@ -20,10 +20,11 @@ from pipeline.config import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-# Pipeline configs; config/sweep_config.yaml is a W&B sweep config, loaded in tests/test_sweep.py.
-CONFIG_FILES = sorted(path for path in (REPO / "config").glob("*.yaml") if path.name != "sweep_config.yaml") + sorted(
-    (REPO / "config" / "models").glob("*.yaml")
-)
+# Pipeline configs; config/sweep_config.yaml and config/*_sweep.yaml are W&B sweep configs, loaded in test_sweep.py.
+SWEEP_FILES = ("sweep_config.yaml", "_sweep.yaml")
+CONFIG_FILES = sorted(
+    path for path in (REPO / "config").glob("*.yaml") if not path.name.endswith(SWEEP_FILES)
+) + sorted((REPO / "config" / "models").glob("*.yaml"))
 SECTIONS = {
     "experiment",
     "general",
@@ -253,6 +254,33 @@ def test_apply_overrides_returns_new_dict():
     result = apply_overrides(original, ["training.learning_rate=2e-5", "general.seed=7"])
     assert original == {"training": {"learning_rate": 1e-5}}
     assert result == {"training": {"learning_rate": 2e-5}, "general": {"seed": 7}}  # `2e-5` is a number
+
+
+def test_overrides_as_a_mapping(tmp_path: Path):
+    """What a Python user writes: a dict of dotted keys, values used as given (not parsed as YAML)."""
+    path = write_yaml(tmp_path, "training:\n  learning_rate: 1.0e-5\n")
+    overrides = {"training.learning_rate": 3e-5, "experiment.tags": ["a", "b"], "wandb.entity": None}
+    config = ConfigManager().load_config(path, overrides=overrides)
+    assert config["training"]["learning_rate"] == 3e-5
+    assert config["experiment"]["tags"] == ["a", "b"]
+    assert config["wandb"]["entity"] is None
+    assert overrides["experiment.tags"] == ["a", "b"]  # the caller's values are copied, not aliased
+    assert apply_overrides({}, {"experiment.name": "1e-3"}) == {"experiment": {"name": "1e-3"}}  # a str stays one
+
+
+def test_mapping_overrides_are_validated_and_named(tmp_path: Path):
+    path = write_yaml(tmp_path, "{}\n")
+    with pytest.raises(ConfigError) as info:
+        ConfigManager().load_config(path, overrides={"training.learning_rat": 1e-4, "training..x": 1})
+    message = str(info.value)
+    assert "training..x=1: malformed override" in message
+    with pytest.raises(ConfigError, match=r"training\.learning_rat: unknown key; did you mean 'learning_rate'\?"):
+        ConfigManager().load_config(path, overrides={"training.learning_rat": 1e-4})
+
+
+def test_one_string_is_not_taken_for_a_list_of_overrides():
+    with pytest.raises(ConfigError, match=r"not one string; write \['training.learning_rate=3e-5'\]"):
+        apply_overrides({}, "training.learning_rate=3e-5")
 
 
 @pytest.mark.parametrize("override", ["training.learning_rate", "=3", "training..learning_rate=1", ".x=1"])

@@ -207,7 +207,7 @@ def test_dockerfile_installs_torch_before_the_package():
     assert re.search(r"^FROM python:3\.11-slim$", text, flags=re.MULTILINE)
     runs = re.findall(r"^RUN (.*)$", text, flags=re.MULTILINE)
     torch = next(k for k, run in enumerate(runs) if "$TORCH_SPEC" in run)
-    package = next(k for k, run in enumerate(runs) if run.strip() == "pip install .")
+    package = next(k for k, run in enumerate(runs) if run.strip() == "pip install -c constraints.txt .")
     assert torch < package
     assert 'ENTRYPOINT ["/usr/bin/tini", "--"]' in text
 

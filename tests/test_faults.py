@@ -395,3 +395,65 @@ def test_progress_reports_are_best_effort_but_never_swallow_the_soft_time_limit(
     _progress_reporter(_TaskWhoseReportFails(redis.ConnectionError("broker restarting")), "run-1")({"step": 1})
     with pytest.raises(SoftTimeLimitExceeded):
         _progress_reporter(_TaskWhoseReportFails(SoftTimeLimitExceeded()), "run-1")({"step": 1})
+
+
+# --- 11. a Redis without persistence restarts empty -------------------------------------------------------------------
+
+
+def test_redis_that_forgets_everything_loses_no_run_after_recover(sample_dir, tmp_path):
+    """kill -9 of a Redis without AOF or RDB while one run trains and two wait in the queue; it comes back empty."""
+    broker = RedisServer(tmp_path / "redis", persist=False)
+    (tmp_path / "redis").mkdir()
+    broker.start()
+    client = redis.Redis.from_url(broker.url, decode_responses=True)
+    worker = Node("a", broker.url, tmp_path)
+    root = tmp_path / "artifacts"
+    try:
+        worker.wait_ready()
+        assert "neither an append-only file nor RDB snapshots" in worker.log()  # said at startup, where operators look
+        configs = [config_file(sample_dir, tmp_path, f"forget{k}", steps=40, every=20) for k in range(3)]
+        submitted = subprocess.run(
+            [sys.executable, "-m", "tasks.cli", "submit", "--config", str(configs[0]), "--broker", broker.url],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert submitted.returncode == 0 and "dialsum recover --root" in submitted.stderr, submitted.stderr
+        run_ids = [submitted.stdout.split()[0]] + [submit(broker.url, config) for config in configs[1:]]
+        run_dir = Path(wait_for_status(client, run_ids[0], ("running",), 120, worker.log)["run_dir"])
+        wait_until(
+            lambda: (lease_holder(client, run_ids[0]) or {}).get("stage") == "train" and saved_checkpoint(run_dir),
+            180,
+            "train with a checkpoint",
+            worker.log,
+        )
+        assert {record(client, run_id).get("status") for run_id in run_ids[1:]} == {"queued"}
+
+        broker.process.kill()  # kill -9: no chance to write anything
+        broker.process.wait(timeout=10)
+        broker.process = None
+        broker.start()  # same port, nothing in it
+        assert all(record(client, run_id) == {} for run_id in run_ids[1:])  # the queued runs are gone from Redis
+
+        status = dialsum(broker.url, "status", "--root", str(root))
+        for run_id in run_ids[1:]:
+            assert f"{run_id}: known on disk" in status and "unknown to the broker" in status, status
+        recovered = dialsum(broker.url, "recover", "--root", str(root))
+        for run_id in run_ids[1:]:
+            assert re.search(rf"{run_id}\s+resubmitted", recovered), recovered
+        assert re.search(rf"{run_ids[0]}\s+(resubmitted|running)", recovered), recovered
+
+        for run_id in run_ids:
+            wait_for_status(client, run_id, ("completed",), 420, worker.log)
+        again = dialsum(broker.url, "recover", "--root", str(root))
+        assert "0 run(s) resubmitted" in again, again  # idempotent: everything is known or completed now
+    finally:
+        worker.stop()
+        broker.stop()
+    for run_id, config in zip(run_ids, configs, strict=True):
+        run_dir = next((root / "runs").glob(f"*/{run_id}"))
+        train = json.loads((run_dir / "manifest.json").read_text())["stages"]["train"]
+        assert train["global_step"] == 40, (config, train)
+        assert (run_dir / "predictions.csv").is_file()
+        assert len(registered_models(root, run_id)) == 1  # trained to the end once, registered once

@@ -188,6 +188,18 @@ def test_values_are_checked_against_the_pipeline_config(base_config, parameter, 
     assert any("training." in problem for problem in problems)
 
 
+def test_constant_parameters_are_checked_together(base_config):
+    """Every trial gets all the value: parameters, so a pair valid together is accepted although each alone is not."""
+    base = {**base_config, "training": {**base_config["training"], "eval_strategy": "steps", "eval_steps": 500}}
+    base["training"]["save_strategy"], base["training"]["save_steps"] = "steps", 500
+    pair = {"eval_steps": {"value": 200}, "save_steps": {"value": 200}, "learning_rate": {"values": [1e-4, 3e-4]}}
+    assert parse_sweep_config(sweep(pair, method="grid"), base).parameters  # no error
+    alone = problems_of(sweep({"save_steps": {"value": 200}}, method="grid"), base)
+    assert alone and "must be a multiple of training.eval_steps" in alone[0]
+    broken = {"eval_steps": {"value": 300}, "save_steps": {"value": 200}}
+    assert any("must be a multiple of training.eval_steps" in problem for problem in problems_of(sweep(broken), base))
+
+
 def test_batch_size_zero_carries_the_config_message(base_config):
     problems = problems_of(sweep({"per_device_train_batch_size": {"values": [0]}}), base_config)
     assert problems == [
@@ -629,6 +641,19 @@ def test_load_sweep_config(tmp_path, base_config):
     assert spec.method in ("grid", "random", "bayes") and spec.parameters
     assert all(param.path in spec.parameters for param in spec.parameters.values())
     assert suggest(spec, 0, []) is not None
+
+
+def test_shipped_dialsum_sweep_loads_with_the_command_its_header_gives():
+    """config/dialsum_scratch_sweep.yaml against the recipe it searches, with the --set its first lines name."""
+    path = REPO / "config" / "dialsum_scratch_sweep.yaml"
+    header = path.read_text(encoding="utf-8").splitlines()[:2]
+    assert header[0].startswith(
+        "# dialsum sweep --config config/dialsum_scratch.yaml --sweep " + path.relative_to(REPO).as_posix()
+    )
+    overrides = [item for item in " ".join(header).split() if "=" in item and not item.startswith("--")]
+    base = ConfigManager().load_config(REPO / "config" / "dialsum_scratch.yaml", overrides=overrides)
+    spec = load_sweep_config(path, base)
+    assert spec.method == "grid" and "model.scratch.init_std" in spec.parameters
 
 
 def test_load_reads_exponents_as_floats(tmp_path, base_config):

@@ -42,7 +42,10 @@ def test_grid_2x2_on_two_workers(cluster, tmp_path):
         "metric": {"name": "eval/loss", "goal": "minimize"},
         "parameters": {"learning_rate": {"values": [1e-3, 3e-3]}, "seed": {"values": [1, 2]}},
     }
-    handle = cluster["client"].submit_sweep(_base(cluster, root), sweep, parallel=2)
+    # No `parallel`: as many trials at once as workers consume the training queue (the cluster has two).
+    handle = cluster["client"].submit_sweep(_base(cluster, root), sweep)
+    started = handle.status()["trials"]
+    assert sum(started.values()) == 2 and set(started) <= {"queued", "running"}, started
     rows = handle.wait(timeout=600, progress=False)
 
     assert handle.status()["status"] == "finished"

@@ -212,6 +212,22 @@ def test_evaluations_report_lead3_once_per_split_and_flag_collapse(micro_config,
     assert "eval_rouge_combined_f1" not in metrics  # the validation callback leaves other splits alone
 
 
+def test_input_loss_gain_is_zero_exactly_when_the_decoder_cannot_see_the_dialogue(micro_config):
+    """``eval_input_loss_gain``: the loss increase when each dialogue is swapped for another of its batch."""
+    micro_config["training"].update(max_steps=4, eval_steps=4, save_steps=4)
+    trainer = DialogueSummarizationTrainer(micro_config)
+    datasets = trainer.prepare_data()
+    trainer.train(datasets)
+    seeing = trainer.evaluate(datasets["validation"])["eval_input_loss_gain"]
+    assert abs(seeing) > 1e-6  # a (barely) trained model: another dialogue changes the loss
+    with torch.no_grad():  # cut every cross-attention: the decoder becomes a language model of summaries
+        for layer in trainer._model.get_decoder().layers:
+            layer.encoder_attn.out_proj.weight.zero_()
+            layer.encoder_attn.out_proj.bias.zero_()
+    blind = trainer.evaluate(datasets["validation"])["eval_input_loss_gain"]
+    assert blind == pytest.approx(0.0, abs=1e-6)
+
+
 def test_best_checkpoint_prefers_any_healthy_evaluation_also_after_resume(micro_config, tmp_path):
     """HF's best-metric choice on the real trainer and state, fed evaluations as HF logs them."""
     trainer = DialogueSummarizationTrainer(micro_config)

@@ -45,7 +45,8 @@ def test_one_pinned_worker_per_gpu_plus_a_cpu_worker():
     assert cpu.queues == ("cpu",) and cpu.env["CUDA_VISIBLE_DEVICES"] == ""
     for spec in specs:
         # 20 cores over 5 worker processes
-        assert {spec.env[name] for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "DIALSUM_TORCH_THREADS")} == {"4"}
+        assert {spec.env[name] for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")} == {"4"}
+        assert spec.env["DIALSUM_TORCH_THREADS"] == "auto"  # recomputed from the host registry as each task starts
         assert spec.env["REMAP_SIGTERM"] == "SIGQUIT" and spec.env["PYTHONUNBUFFERED"] == "1"
 
 
@@ -59,7 +60,7 @@ def test_cpu_only_node_runs_cpu_workers_on_both_queues():
 def test_queues_override_and_thread_floor():
     specs = plan_workers("1", "gpu,cpu", cpu_workers=0, cores=1)
     assert [(spec.name, spec.queues) for spec in specs] == [("gpu1@%h", ("gpu", "cpu"))]
-    assert specs[0].env["DIALSUM_TORCH_THREADS"] == "1"
+    assert specs[0].env["OMP_NUM_THREADS"] == "1"
 
 
 @pytest.mark.parametrize("gpus", ["0,0", "x", "", "1,-2", "0,,1"])
@@ -117,7 +118,7 @@ def test_configure_worker_process_sets_torch_threads():
 
 def test_configure_worker_process_rejects_bad_values(monkeypatch):
     monkeypatch.setenv("DIALSUM_TORCH_THREADS", "zero")
-    with pytest.raises(ValueError, match="DIALSUM_TORCH_THREADS"):
+    with pytest.raises(ValueError, match="DIALSUM_TORCH_THREADS must be auto or a positive integer"):
         configure_worker_process()
     monkeypatch.delenv("DIALSUM_TORCH_THREADS")
     assert configure_worker_process() is None
@@ -181,9 +182,9 @@ def test_flower_port_range(port):
 # --- real processes on a real broker --------------------------------------------------------------------------------
 
 
-def dialsum(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def dialsum(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "tasks.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "tasks.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -398,3 +399,58 @@ def test_flower_lists_workers_only_with_credentials(redis_server, tmp_path):
         assert sum("password:" in line for line in generated_log.read_text().splitlines()) == 1
     finally:
         cleanup(processes, marker)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker processes through /proc")
+def test_worker_stops_when_its_redis_goes_away_as_it_stops(redis_server, tmp_path, micro_config_file):
+    """A whole box shutting down: Redis stops at the moment the worker gets SIGTERM (after it has run a task)."""
+    env = cluster_env(redis_server)  # soft-shutdown window 2 s: the stop deadline is 12 s
+    marker = f"DIALSUM_BROKER_URL={redis_server.url}"
+    log = tmp_path / "worker.log"
+    launcher = start(["worker", "--gpus", "none"], env, log)
+    try:
+        wait_for_ping(node("cpu0"), env, launcher, log)
+        submitted = dialsum("submit", "--config", str(micro_config_file), "--wait", env=env, timeout=400)
+        assert submitted.returncode == 0, submitted.stderr[-3000:]
+        workers = processes_with(marker) - {launcher.pid, os.getpid()}
+        redis_server.stop()
+        launcher.send_signal(signal.SIGTERM)
+        try:
+            code = launcher.wait(timeout=120)  # far past the deadline: a hang, not a slow stop, fails this
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"dialsum worker still running 120 s after SIGTERM with its Redis gone:\n{log.read_text()}")
+        assert code in (0, 1), log.read_text()
+        assert not processes_with(marker) & workers, log.read_text()  # no worker or pool child left behind
+        assert "cpu0@%h stopped" in log.read_text()
+    finally:
+        cleanup([launcher], marker)
+
+
+def test_a_worker_deaf_to_sigterm_is_killed_with_its_children_at_the_stop_deadline(tmp_path):
+    """What a worker blocked in its shutdown looks like to the launcher: SIGTERM ignored, a pool child below it."""
+    from tasks.worker import Supervisor
+
+    pid_file = tmp_path / "child.pid"
+    code = (
+        "import os, signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "child = subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)']); "
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid)); time.sleep(600)"
+    )
+    supervisor = Supervisor("test", stop_deadline=2.0)
+    with supervisor.forwarding_signals():
+        supervisor.start("deaf@%h", [sys.executable, "-c", code], dict(os.environ))
+        wait_until(lambda: pid_file.exists() and pid_file.read_text(), 60, "the pool child started")
+        supervisor.terminate()
+        supervisor.wait()  # returns only once the deadline's SIGKILL has ended it
+    assert supervisor.killed == {"deaf@%h"} and not supervisor.failed
+    grandchild = int(pid_file.read_text())
+    wait_until(lambda: not Path(f"/proc/{grandchild}").exists() or "Z" in _proc_state(grandchild), 10, "child gone")
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
