@@ -45,7 +45,8 @@ def registry_dir() -> Path:
     return directory
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (one owned by another user counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -76,7 +77,7 @@ def _read_live(directory: Path) -> dict[int, list[str]]:
         except (OSError, ValueError, KeyError, TypeError):
             path.unlink(missing_ok=True)
             continue
-        if _alive(pid):
+        if pid_alive(pid):
             live[pid] = names
         else:
             path.unlink(missing_ok=True)

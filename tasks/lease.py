@@ -42,6 +42,8 @@ from typing import Any
 
 import redis
 
+from tasks.host import pid_alive
+
 logger = logging.getLogger(__name__)
 
 LEASE_KEY = "dialsum:lease:{}"
@@ -79,16 +81,6 @@ def reap_interval() -> float:
 
 def _value(text: str | None) -> dict[str, Any] | None:
     return json.loads(text) if text else None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Lease:
@@ -138,7 +130,7 @@ class Lease:
         current = _value(current_text)
         if current is None:  # expired between the two calls
             return self.acquire()
-        dead_here = current.get("host") == self.holder["host"] and not _pid_alive(int(current.get("pid", 0)))
+        dead_here = current.get("host") == self.holder["host"] and not pid_alive(int(current.get("pid", 0)))
         if current.get("ended") or dead_here:
             # Take over only the lease we saw, in one step: a third process may be racing for it too.
             with self.client.pipeline() as pipe:

@@ -51,7 +51,6 @@ CELERY_APP = "tasks.app"
 # Celery's cold-shutdown handler carries EX_FAILURE (1) as exit status (celery.apps.worker); 5.7 was seen exiting 0
 # after it, but either one after a stop we requested is a clean stop, not a crash.
 COLD_SHUTDOWN_EXIT = 1
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "DIALSUM_TORCH_THREADS")
 POLL_SECONDS = 0.2
 # After the soft-shutdown window a worker has this long to finish its cold shutdown before it is SIGKILLed.
 STOP_GRACE = 10.0
